@@ -1,0 +1,16 @@
+"""Entry point: `penstock <command>`; each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from penstock.cli import chat, config_cmd, doctor, serve
+
+app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
+app.command("serve")(serve.serve)
+app.command("chat")(chat.chat)
+app.command("doctor")(doctor.doctor)
+app.add_typer(config_cmd.app, name="config")
+
+if __name__ == "__main__":
+    app()

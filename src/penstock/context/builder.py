@@ -1,0 +1,42 @@
+"""Turns a chat request into the exact tokens the model will see, within its context window."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from penstock.errors import ContextLengthExceeded
+from penstock.types import ChatRequest, Message, Prompt
+
+
+class ChatFormat(Protocol):
+    """What the builder needs from a model: its chat template, tokenizer and window."""
+
+    @property
+    def context_window(self) -> int: ...
+
+    def render(self, messages: Sequence[Message]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+class ContextBuilder:
+    def __init__(self, default_max_tokens: int) -> None:
+        self._default_max_tokens = default_max_tokens
+
+    def build(self, request: ChatRequest, fmt: ChatFormat) -> tuple[Prompt, ChatRequest]:
+        """The prompt, and the request with max_tokens fitted to the room the prompt leaves."""
+        text = fmt.render(request.messages)
+        token_ids = tuple(fmt.encode(text))
+        room = fmt.context_window - len(token_ids)
+        explicit = request.sampling.max_tokens
+        wanted = explicit or self._default_max_tokens
+        if room < 1 or (explicit is not None and explicit > room):
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {fmt.context_window} tokens; the messages use "
+                f"{len(token_ids)} and max_tokens asks for {wanted}. Shorten the messages or lower max_tokens.",
+                param="messages",
+            )
+        fitted = replace(request, sampling=replace(request.sampling, max_tokens=min(wanted, room)))
+        return Prompt(text=text, token_ids=token_ids), fitted

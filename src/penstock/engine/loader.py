@@ -1,0 +1,61 @@
+"""Load a chat model, GGUF file or Hugging Face folder, into a ready `Transformer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from penstock.engine.chat_template import ChatTemplate
+from penstock.engine.checkpoint import Checkpoint
+from penstock.engine.gguf_loader import read_gguf
+from penstock.engine.model import ModelArgs, Transformer
+from penstock.engine.safetensors_loader import read_hf_folder
+from penstock.engine.tokenizer import Tokenizer
+from penstock.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    name: str
+    args: ModelArgs
+    model: Transformer
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.tok_embeddings.weight.dtype
+
+
+def load_chat_model(
+    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> LoadedModel:
+    if path.is_file() and path.suffix == ".gguf":
+        checkpoint, name = read_gguf(path, dtype=dtype), path.stem
+    elif path.is_dir():
+        checkpoint, name = read_hf_folder(path, dtype=dtype), path.name
+    else:
+        raise ConfigError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
+    model = build_transformer(checkpoint, device)
+    return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
+
+
+def build_transformer(checkpoint: Checkpoint, device: torch.device | str) -> Transformer:
+    """A Transformer holding the checkpoint's weights, in eval mode, on `device`."""
+    # Built on the meta device so no memory goes to random weights that are replaced at once.
+    with torch.device("meta"):
+        model = Transformer(checkpoint.args)
+    weights = {name: w.to(device) for name, w in checkpoint.state_dict.items()}
+    result = model.load_state_dict(weights, strict=False, assign=True)
+    if checkpoint.args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    missing = [k for k in result.missing_keys if not (checkpoint.args.tie_embeddings and k == "output.weight")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"checkpoint does not fit the model: missing {missing}, unexpected {result.unexpected_keys}")
+    return model.eval()

@@ -1,0 +1,103 @@
+"""Penstock's exceptions, and the one mapping from them to OpenAI's error shape.
+
+PenstockError                      500 server_error
+├── ConfigError                    (start-up only: exit code 2, never an HTTP response)
+├── ModelNotInstalled              (start-up only: names the package and its install command)
+├── InvalidRequest                 400 invalid_request_error
+│   └── ContextLengthExceeded      400 invalid_request_error / context_length_exceeded
+├── PayloadTooLarge                413 invalid_request_error
+├── AuthenticationFailed           401 authentication_error
+├── PermissionDenied               403 permission_error
+├── NotFound                       404 invalid_request_error
+│   └── ModelNotFound              404 invalid_request_error / model_not_found
+├── RateLimited                    429 rate_limit_error (+ Retry-After)
+├── DependencyUnavailable          503 service_unavailable
+└── DeadlineExceeded               504 timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PenstockError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(PenstockError):
+    """The configuration is invalid; raised at start-up, before anything is served."""
+
+
+class ModelNotInstalled(PenstockError):
+    """A model file is missing; the message names the package and the command that installs it."""
+
+
+class InvalidRequest(PenstockError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    default_code = "context_length_exceeded"
+
+
+class PayloadTooLarge(PenstockError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class AuthenticationFailed(PenstockError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(PenstockError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(PenstockError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class RateLimited(PenstockError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class DependencyUnavailable(PenstockError):
+    status = 503
+    type = "service_unavailable"
+
+
+class DeadlineExceeded(PenstockError):
+    status = 504
+    type = "timeout"

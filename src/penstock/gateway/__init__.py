@@ -1,0 +1,1 @@
+"""Gateway: the HTTP surface in OpenAI's shapes — auth, validation, errors."""

@@ -1,0 +1,26 @@
+"""What the HTTP handlers are given: built once by the app, injected per request."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from penstock.gateway.auth import Authenticator
+from penstock.pipeline import Pipeline
+
+Check = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    auth: Authenticator
+    pipeline: Pipeline
+    models: tuple[str, ...]
+    created: int
+    checks: dict[str, Check]  # readiness checks by name
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services

@@ -1,0 +1,67 @@
+"""One request, start to end: route → build context → generate → post-process.
+
+Each stage takes the typed value the previous one returned; the timer wraps them from outside.
+Retrieval joins between routing and context building when collections are configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Protocol
+
+from penstock.context.builder import ChatFormat, ContextBuilder
+from penstock.observability.timing import StageTimer
+from penstock.router.router import Router
+from penstock.types import ChatRequest, Completion, Prompt, RouteDecision, SamplingParams, TokenEvent, Usage
+
+
+class ServedModel(ChatFormat, Protocol):
+    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    request: ChatRequest
+    decision: RouteDecision
+    prompt: Prompt
+
+
+class Pipeline:
+    def __init__(self, router: Router, builder: ContextBuilder, models: Mapping[str, ServedModel]) -> None:
+        self._router = router
+        self._builder = builder
+        self._models = models
+
+    def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
+        """Everything that can reject the request runs here, before a byte of the answer is sent."""
+        with timer.stage("route"):
+            decision = self._router.route(request)
+        with timer.stage("context"):
+            prompt, request = self._builder.build(request, self._models[decision.deployment])
+        return Prepared(request, decision, prompt)
+
+    async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
+        model = self._models[prepared.decision.deployment]
+        start = last = perf_counter()
+        async for event in model.generate(prepared.prompt, prepared.request.sampling):
+            now = perf_counter()
+            # The first event closes prefill (and the first token); everything after it is decode.
+            timer.add("decode" if last > start else "prefill", now - last)
+            last = now
+            yield event
+
+    async def complete(self, prepared: Prepared, timer: StageTimer) -> Completion:
+        events = [event async for event in self.generate(prepared, timer)]
+        with timer.stage("post"):
+            return Completion(
+                text="".join(e.text for e in events),
+                finish_reason=events[-1].finish_reason or "stop",
+                usage=usage_of(prepared.prompt, events),
+                stage_seconds=dict(timer.seconds),
+            )
+
+
+def usage_of(prompt: Prompt, events: list[TokenEvent]) -> Usage:
+    return Usage(len(prompt.token_ids), sum(len(e.token_ids) for e in events))

@@ -1,0 +1,1 @@
+"""Router and policy: which deployment serves a request, and why."""

@@ -1,0 +1,133 @@
+"""Fixtures shared by the whole suite.
+
+The model: the shipped SmolLM2 GGUF, loaded once per run.
+
+PostgreSQL: one server per test run (embedded, or the one PENSTOCK_TEST_DATABASE_URL names) and a
+fresh database per test, cloned from a template that already has every migration applied.
+Redis: one real `redis-server` per test run, flushed before each test that uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from penstock.engine.loader import LoadedModel, load_chat_model
+from penstock.engine.locator import locate_chat_model
+from penstock.store.database import Database
+from penstock.store.embedded import EmbeddedPostgres
+from penstock.store.migrations import apply_migrations
+from penstock.store.redis import connect_redis
+from penstock.store.urls import with_database
+from tests.helpers import free_port, scratch_database
+
+# --- The model -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    return locate_chat_model(None)
+
+
+@pytest.fixture(scope="session")
+def loaded(gguf_path: Path) -> LoadedModel:
+    return load_chat_model(gguf_path)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the test server's maintenance database: PENSTOCK_TEST_DATABASE_URL, or an embedded server."""
+    external = os.environ.get("PENSTOCK_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    data_dir = tmp_path_factory.mktemp("postgres") / "pgdata"
+    with EmbeddedPostgres(data_dir, delete_on_stop=True) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_server: str) -> AsyncIterator[str]:
+    """Name of a migrated database that `database_url` clones for each test.
+
+    The name is unique per run, so runs sharing an external server don't trip over each other.
+    """
+    name = f"penstock_template_{uuid4().hex[:12]}"
+    async with scratch_database(postgres_server, name=name):
+        await apply_migrations(with_database(postgres_server, name))
+        yield name
+
+
+@pytest.fixture
+async def database_url(postgres_server: str, template_database: str) -> AsyncIterator[str]:
+    """URL of a fresh, migrated database of this test's own, dropped afterwards."""
+    async with scratch_database(postgres_server, template=template_database) as url:
+        yield url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """An open `Database` on this test's own database."""
+    async with Database(database_url) as db:
+        yield db
+
+
+# --- Redis --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real redis-server on a free loopback port, without persistence, for the whole run."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with (workdir / "redis.log").open("wb") as log:
+        process = subprocess.Popen([*args, "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_for_redis(url, process, workdir / "redis.log")
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on the test Redis, emptied before the test."""
+    client = connect_redis(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def _wait_for_redis(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s:\n{log.read_text()}")

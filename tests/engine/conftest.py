@@ -1,0 +1,64 @@
+"""Session fixtures: the shipped chat model, loaded once by us and once by transformers as a reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from penstock.engine.generator import Generator
+from penstock.engine.loader import LoadedModel, load_chat_model
+from penstock.engine.locator import locate_chat_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub() -> Iterator[None]:
+    # transformers must never reach a hub from these tests; it reads this when first imported.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    return locate_chat_model(None)
+
+
+@pytest.fixture(scope="session")
+def loaded(gguf_path: Path) -> LoadedModel:
+    return load_chat_model(gguf_path)
+
+
+@pytest.fixture(scope="session")
+def generator(loaded: LoadedModel) -> Iterator[Generator]:
+    generator = Generator(loaded)
+    yield generator
+    generator.close()
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(gguf_path: Path) -> Any:
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_model(gguf_path: Path) -> Any:
+    """transformers' Llama with the weights transformers itself dequantises from the same GGUF.
+
+    Built from `load_gguf_checkpoint` rather than `from_pretrained(gguf_file=...)`, which insists on
+    `accelerate` (not a Penstock dependency) and would do the same thing.
+    """
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = transformers.AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    result = model.load_state_dict(tensors, strict=False)
+    assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied to the embedding
+    return model.eval()

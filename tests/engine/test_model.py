@@ -1,0 +1,67 @@
+"""Our Transformer against transformers' Llama on the same GGUF weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from penstock.engine.generator import Generator
+from penstock.engine.loader import LoadedModel
+from penstock.engine.model import KVCache
+from penstock.types import Message, Prompt, SamplingParams
+
+CONVERSATIONS = [
+    [Message("user", "What is the capital of France?")],
+    [Message("user", "Write a haiku about the sea.")],
+    [Message("user", "List three prime numbers greater than 10.")],
+    [Message("system", "You are a terse assistant."), Message("user", "Explain what a Python list comprehension is.")],
+    [
+        Message("user", "Hi! My name is Ada."),
+        Message("assistant", "Hello Ada! How can I help you today?"),
+        Message("user", "Translate 'good morning' into Spanish, then tell me my name."),
+    ],
+]
+NEW_TOKENS = 24
+
+
+def chat_ids(loaded: LoadedModel, messages: list[Message]) -> list[int]:
+    return loaded.tokenizer.encode(loaded.chat_template.render(messages))
+
+
+async def generated_ids(generator: Generator, ids: list[int]) -> list[int]:
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    return [t async for event in generator.generate(Prompt("", tuple(ids)), params) for t in event.token_ids]
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=range(len(CONVERSATIONS)))
+async def test_greedy_generation_matches_transformers(
+    generator: Generator, loaded: LoadedModel, hf_model: Any, messages: list[Message]
+) -> None:
+    ids = chat_ids(loaded, messages)
+    ours = await generated_ids(generator, ids)
+    with torch.inference_mode():
+        reference = hf_model.generate(
+            torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2
+        )[0, len(ids) :].tolist()
+    assert ours == reference
+
+
+def test_logits_match_transformers(loaded: LoadedModel, hf_model: Any) -> None:
+    ids = torch.tensor([chat_ids(loaded, CONVERSATIONS[3])])
+    with torch.inference_mode():
+        ours = loaded.model(ids, torch.arange(ids.shape[1]))
+        reference = hf_model(ids).logits
+    torch.testing.assert_close(ours, reference, atol=2e-3, rtol=1e-3)
+
+
+def test_cached_decoding_matches_a_full_forward(loaded: LoadedModel) -> None:
+    ids = torch.tensor([chat_ids(loaded, CONVERSATIONS[0])])
+    n = ids.shape[1]
+    cache = KVCache(loaded.args, n, device="cpu", dtype=torch.float32)
+    with torch.inference_mode():
+        full = loaded.model(ids, torch.arange(n))
+        prefill = loaded.model(ids[:, : n - 3], torch.arange(n - 3), cache)
+        steps = [loaded.model(ids[:, i : i + 1], torch.tensor([i]), cache) for i in range(n - 3, n)]
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,42 @@
+"""An app wired exactly as `penstock serve` wires it, on this test's own database, the real model shared."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from penstock.app import build_app
+from penstock.config import DEFAULT_MODEL_NAME, Settings
+from penstock.engine.generator import Generator
+from penstock.engine.loader import LoadedModel
+from penstock.engine.served import ServedModel
+
+ADMIN_KEY = "sk-test-admin"
+MODEL = DEFAULT_MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def served(loaded: LoadedModel) -> Iterator[dict[str, ServedModel]]:
+    model = ServedModel(Generator(loaded))
+    yield {MODEL: model}
+    model.close()
+
+
+@pytest.fixture
+async def app(database_url: str, served: dict[str, ServedModel], tmp_path: Path) -> AsyncIterator[FastAPI]:
+    settings = Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url)
+    app = build_app(settings, served)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://penstock", headers=headers) as client:
+        yield client

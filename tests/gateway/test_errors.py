@@ -1,0 +1,106 @@
+"""Every client mistake is a 4xx in OpenAI's error shape, and none reaches the model."""
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import MODEL
+
+QUESTION = [{"role": "user", "content": "hi"}]
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+async def test_missing_key_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION}, headers={"Authorization": ""}
+    )
+    assert assert_openai_error(response, 401)["type"] == "authentication_error"
+
+
+async def test_wrong_key_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"})
+    assert_openai_error(response, 401)
+
+
+async def test_unknown_model_is_404_model_not_found(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": QUESTION})
+    assert assert_openai_error(response, 404, param="model")["code"] == "model_not_found"
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/chat/completions", content=b'{"model": "x", ', headers={"Content-Type": "application/json"}
+    )
+    assert assert_openai_error(response, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"top_p": 0}, "top_p"),
+    ],
+)
+async def test_invalid_fields_are_400_naming_the_param(client: httpx.AsyncClient, change: dict, param: str) -> None:
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, **change})
+    assert_openai_error(response, 400, param=param)
+
+
+async def test_missing_model_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={"messages": QUESTION})
+    assert_openai_error(response, 400, param="model")
+
+
+@pytest.mark.parametrize("field", ["presence_penalty", "frequency_penalty"])
+async def test_unsupported_sampling_is_refused_not_ignored(client: httpx.AsyncClient, field: str) -> None:
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, field: 0.5})
+    assert_openai_error(response, 400, param=field)
+
+
+async def test_max_tokens_beyond_the_context_window_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 1_000_000}
+    )
+    assert assert_openai_error(response, 400, param="messages")["code"] == "context_length_exceeded"
+
+
+async def test_prompt_longer_than_the_window_is_400(client: httpx.AsyncClient) -> None:
+    long = [{"role": "user", "content": "word " * 9000}]
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": long})
+    assert assert_openai_error(response, 400)["code"] == "context_length_exceeded"
+
+
+async def test_streaming_request_errors_before_the_stream_starts(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={"model": "nope", "messages": QUESTION, "stream": True})
+    assert_openai_error(response, 404)
+
+
+async def test_unknown_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/v1/nothing-here"), 404)
+
+
+async def test_wrong_method_is_405_in_openai_shape(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/v1/chat/completions"), 405)
+
+
+async def test_the_server_still_answers_after_bad_requests(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/chat/completions", content=b"\xff\xfe", headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 2, "temperature": 0}
+    )
+    assert response.status_code == 200
