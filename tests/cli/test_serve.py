@@ -1,0 +1,69 @@
+"""The promise of the README: `penstock serve`, then the official openai SDK gets "Paris"."""
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from penstock.config import DEFAULT_MODEL_NAME
+from tests.cli.conftest import ADMIN_KEY, RunningServer, penstock, penstock_env, start_server, stop_server
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def sdk(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=ADMIN_KEY, max_retries=0)
+
+
+def test_sdk_non_streaming_answer_contains_paris(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, temperature=0)
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.usage.completion_tokens > 0
+
+
+def test_sdk_streaming_answer_contains_paris(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, temperature=0, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 2  # it really streamed, token by token
+    assert "Paris" in "".join(pieces)
+
+
+def test_sdk_lists_the_model(sdk: openai.OpenAI) -> None:
+    assert [m.id for m in sdk.models.list()] == [DEFAULT_MODEL_NAME]
+
+
+def test_sdk_raises_its_own_error_classes(server: RunningServer, sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="no-such-model", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, temperature=5)
+    stranger = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
+
+
+def test_embedded_postgres_lives_under_home(server: RunningServer) -> None:
+    assert (server.home / "pgdata" / "PG_VERSION").read_text().strip() == "18"
+
+
+def test_serve_stops_its_embedded_postgres_on_exit(tmp_path: Path) -> None:
+    running = start_server(tmp_path)
+    pid_file = tmp_path / "pgdata" / "postmaster.pid"
+    assert pid_file.exists()
+    assert stop_server(running) == 0
+    assert not pid_file.exists()  # postgres removes it as it shuts down
+
+
+def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:
+    result = penstock("serve", "--host", "0.0.0.0", env=penstock_env(tmp_path))
+    assert result.returncode == 2
+    assert "PENSTOCK_ADMIN_KEY" in result.stderr
+
+
+def test_serve_with_an_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("deployments:\n  - name: x\n    dtype: int3\n")
+    result = penstock("serve", "--config", str(config), env=penstock_env(tmp_path))
+    assert result.returncode == 2
+    assert "deployments.0.dtype" in result.stderr
