@@ -15,6 +15,7 @@ from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
 from penstock.gateway import chat, health, models
 from penstock.gateway.auth import Authenticator
+from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.error_handlers import install_error_handlers
 from penstock.gateway.request_id import RequestIdMiddleware
 from penstock.gateway.services import Check, Services
@@ -43,6 +44,7 @@ def build_app(settings: Settings, served: Mapping[str, ServedModel] | None = Non
 
     app = FastAPI(title="Penstock", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     for module in (chat, models, health):
         app.include_router(module.router)
@@ -54,6 +56,7 @@ def _services(settings: Settings, models: Mapping[str, ServedModel], checks: dic
     pipeline = Pipeline(router, ContextBuilder(settings.policy.default_max_tokens), models)
     return Services(
         auth=Authenticator(settings.admin_key),
+        policy=settings.policy,
         pipeline=pipeline,
         models=router.models,
         created=int(time.time()),

@@ -1,6 +1,11 @@
 """Stream one request's tokens from a worker thread to the event loop.
 
 Requests run one at a time on a single worker thread; the continuous-batching engine replaces this.
+
+All model compute belongs on that one thread. PyTorch's OpenMP runtime (libgomp) gives every thread
+that runs a parallel op its own team; once the teams together hold more threads than there are cores,
+libgomp stops spin-waiting between ops and every small op pays a futex wake-up. On 2 cores that halves
+decode speed. `Generator.load` therefore loads the model on the worker thread too.
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from penstock.engine.loader import LoadedModel
+from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.model import KVCache
 from penstock.engine.sampler import request_rng, sample
 from penstock.engine.streaming import EventBuilder
@@ -41,9 +47,18 @@ def check_request(prompt: Prompt, params: SamplingParams, context_window: int) -
 class Generator:
     """Serves a LoadedModel: one request at a time, tokens streamed as TokenEvents."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, worker: ThreadPoolExecutor | None = None) -> None:
         self.loaded = loaded
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-generate")
+        self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-generate")
+
+    @classmethod
+    def load(
+        cls, path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> Generator:
+        """Load the model on the worker thread that will run it (see the module docstring)."""
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-generate")
+        loaded = worker.submit(load_chat_model, path, dtype=dtype, device=device).result()
+        return cls(loaded, worker=worker)
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -33,7 +33,7 @@ async def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     timer = StageTimer()
     with timer.stage("gateway"):
-        chat = to_chat_request(body, request.state.request_id, who)
+        chat = to_chat_request(body, request.state.request_id, who, svc.policy)
     prepared = svc.pipeline.prepare(chat, timer)
     completion_id = f"chatcmpl-{chat.request_id}"
     if chat.stream:

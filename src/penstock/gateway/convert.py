@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from penstock.config import PolicyConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.schemas import (
     AssistantMessage,
@@ -18,8 +19,10 @@ from penstock.gateway.schemas import (
 from penstock.types import Caller, ChatRequest, Completion, Message, SamplingParams, Usage
 
 
-def to_chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller) -> ChatRequest:
+def to_chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig) -> ChatRequest:
     _reject_unsupported(body)
+    if len(body.messages) > policy.max_messages:
+        raise InvalidRequest(f"at most {policy.max_messages} messages are accepted", param="messages")
     return ChatRequest(
         request_id=request_id,
         model=body.model,

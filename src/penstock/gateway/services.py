@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from penstock.config import PolicyConfig
 from penstock.gateway.auth import Authenticator
 from penstock.pipeline import Pipeline
 
@@ -16,6 +17,7 @@ Check = Callable[[], Awaitable[bool]]
 @dataclass(frozen=True, slots=True)
 class Services:
     auth: Authenticator
+    policy: PolicyConfig
     pipeline: Pipeline
     models: tuple[str, ...]
     created: int
