@@ -21,7 +21,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from penstock.engine.loader import LoadedModel, load_chat_model
+from penstock.engine.generator import Generator
+from penstock.engine.loader import LoadedModel
 from penstock.engine.locator import locate_chat_model
 from penstock.store.database import Database
 from penstock.store.embedded import EmbeddedPostgres
@@ -39,8 +40,16 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def loaded(gguf_path: Path) -> LoadedModel:
-    return load_chat_model(gguf_path)
+def generator(gguf_path: Path) -> Iterator[Generator]:
+    # Loaded on the generator's own worker thread: torch work spread over threads runs slower.
+    generator = Generator.load(gguf_path)
+    yield generator
+    generator.close()
+
+
+@pytest.fixture(scope="session")
+def loaded(generator: Generator) -> LoadedModel:
+    return generator.loaded
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -9,10 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-from penstock.engine.generator import Generator
-from penstock.engine.loader import LoadedModel, load_chat_model
-from penstock.engine.locator import locate_chat_model
-
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_hub() -> Iterator[None]:
@@ -24,25 +20,9 @@ def offline_hub() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def gguf_path() -> Path:
-    return locate_chat_model(None)
-
-
-@pytest.fixture(scope="session")
-def loaded(gguf_path: Path) -> LoadedModel:
-    return load_chat_model(gguf_path)
-
-
-@pytest.fixture(scope="session")
-def generator(loaded: LoadedModel) -> Iterator[Generator]:
-    generator = Generator(loaded)
-    yield generator
-    generator.close()
-
-
-@pytest.fixture(scope="session")
 def hf_tokenizer(gguf_path: Path) -> Any:
-    transformers = pytest.importorskip("transformers")
+    import transformers  # imported late: offline_hub must be in place first
+
     return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
 
 
@@ -53,7 +33,7 @@ def hf_model(gguf_path: Path) -> Any:
     Built from `load_gguf_checkpoint` rather than `from_pretrained(gguf_file=...)`, which insists on
     `accelerate` (not a Penstock dependency) and would do the same thing.
     """
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     config = transformers.AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -57,11 +57,13 @@ def test_logits_match_transformers(loaded: LoadedModel, hf_model: Any) -> None:
 
 
 def test_cached_decoding_matches_a_full_forward(loaded: LoadedModel) -> None:
+    """A prefill, then a chunk of three continuing it, then single tokens: the logits of one forward."""
     ids = torch.tensor([chat_ids(loaded, CONVERSATIONS[0])])
     n = ids.shape[1]
     cache = KVCache(loaded.args, n, device="cpu", dtype=torch.float32)
     with torch.inference_mode():
         full = loaded.model(ids, torch.arange(n))
-        prefill = loaded.model(ids[:, : n - 3], torch.arange(n - 3), cache)
-        steps = [loaded.model(ids[:, i : i + 1], torch.tensor([i]), cache) for i in range(n - 3, n)]
-    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-4, rtol=1e-4)
+        pieces = [loaded.model(ids[:, : n - 6], torch.arange(n - 6), cache)]
+        pieces.append(loaded.model(ids[:, n - 6 : n - 3], torch.arange(n - 6, n - 3), cache))
+        pieces += [loaded.model(ids[:, i : i + 1], torch.tensor([i]), cache) for i in range(n - 3, n)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)

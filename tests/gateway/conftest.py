@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from penstock.app import build_app
 from penstock.config import DEFAULT_MODEL_NAME, Settings
 from penstock.engine.generator import Generator
-from penstock.engine.loader import LoadedModel
 from penstock.engine.served import ServedModel
 
 ADMIN_KEY = "sk-test-admin"
@@ -20,10 +19,8 @@ MODEL = DEFAULT_MODEL_NAME
 
 
 @pytest.fixture(scope="session")
-def served(loaded: LoadedModel) -> Iterator[dict[str, ServedModel]]:
-    model = ServedModel(Generator(loaded))
-    yield {MODEL: model}
-    model.close()
+def served(generator: Generator) -> dict[str, ServedModel]:
+    return {MODEL: ServedModel(generator)}
 
 
 @pytest.fixture

@@ -79,5 +79,3 @@ def _error_text(response: httpx.Response) -> str:
         return response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return response.text[:500]
-
-

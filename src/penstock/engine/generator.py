@@ -52,9 +52,7 @@ class Generator:
         self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-generate")
 
     @classmethod
-    def load(
-        cls, path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-    ) -> Generator:
+    def load(cls, path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Generator:
         """Load the model on the worker thread that will run it (see the module docstring)."""
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-generate")
         loaded = worker.submit(load_chat_model, path, dtype=dtype, device=device).result()

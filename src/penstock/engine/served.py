@@ -8,7 +8,6 @@ import torch
 
 from penstock.config import DeploymentConfig
 from penstock.engine.generator import Generator
-from penstock.engine.loader import load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.types import Message, Prompt, SamplingParams, TokenEvent
 
@@ -42,6 +41,5 @@ def load_served_models(deployments: Iterable[DeploymentConfig]) -> dict[str, Ser
     served = {}
     for deployment in deployments:
         path = locate_chat_model(deployment.model_path)
-        loaded = load_chat_model(path, dtype=DTYPES[deployment.dtype])
-        served[deployment.name] = ServedModel(Generator(loaded))
+        served[deployment.name] = ServedModel(Generator.load(path, dtype=DTYPES[deployment.dtype]))
     return served
