@@ -7,6 +7,7 @@ implementation serves both checkpoint formats.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,34 +29,54 @@ class ModelArgs:
     head_dim: int
 
 
-class LayerCache:
-    """Keys and values of one layer for one sequence, filled left to right."""
+class AttentionContext(Protocol):
+    """Where keys and values live between steps, and how queries see them.
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> None:
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+    q is (B, n_heads, T, head_dim); k and v are (B, n_kv_heads, T, head_dim) for this step's tokens,
+    already rotated. Returns the attention output shaped like q.
+    """
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = self.length + k.shape[2]
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
+
+
+class NoCache:
+    """A whole sequence in one forward: plain causal attention, nothing kept."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=True)
 
 
 class KVCache:
-    """A simple per-sequence cache: one LayerCache per layer, sized for the whole generation."""
+    """A contiguous cache for one batch of equally long sequences, filled left to right.
+
+    The reference path: the serving engine keeps its keys and values in a paged cache instead.
+    """
 
     def __init__(
         self, args: ModelArgs, max_len: int, *, device: torch.device | str, dtype: torch.dtype, batch: int = 1
     ) -> None:
-        shape = (batch, args.n_kv_heads, max_len, args.head_dim)
-        self.layers = [LayerCache(shape, device, dtype) for _ in range(args.n_layers)]
+        shape = (args.n_layers, batch, args.n_kv_heads, max_len, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self._n_layers = args.n_layers
 
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        if layer == self._n_layers - 1:
+            self.length = end
+        # A query at position start + i sees keys up to start + i.
+        mask = None if q.shape[2] == 1 else causal_mask(start, end, q.device)
+        return F.scaled_dot_product_attention(
+            q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], attn_mask=mask, enable_gqa=True
+        )
+
+
+def causal_mask(start: int, end: int, device: torch.device) -> Tensor:
+    queries = torch.arange(start, end, device=device)
+    return torch.arange(end, device=device)[None, :] <= queries[:, None]
 
 
 class RMSNorm(nn.Module):
@@ -87,26 +108,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: LayerCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, context: AttentionContext) -> Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        # Grouped-query attention: each KV head serves n_heads // n_kv_heads query heads.
-        groups = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = context.attend(self.layer, q, k, v)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -124,27 +141,16 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, layer: int) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args)
+        self.attention = Attention(args, layer)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: LayerCache | None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, context: AttentionContext) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, context)
         return h + self.feed_forward(self.ffn_norm(h))
-
-
-def attention_mask(positions: Tensor, n_keys: int) -> Tensor | None:
-    """Causal mask (T, n_keys): a query attends to keys at positions up to its own.
-
-    A single query sees every cached key, so it needs no mask at all.
-    """
-    if positions.numel() == 1:
-        return None
-    keys = torch.arange(n_keys, device=positions.device)
-    return keys[None, :] <= positions[:, None]
 
 
 class Transformer(nn.Module):
@@ -152,26 +158,33 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
     def forward(
-        self, tokens: Tensor, positions: Tensor, cache: KVCache | None = None, *, last_only: bool = False
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        context: AttentionContext | None = None,
+        *,
+        last_only: bool = False,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
-        """tokens (B, T) at absolute positions (T,), which continue the cache if one is given.
+        """tokens (B, T) at absolute positions (T,); the context holds what came before.
 
-        Returns logits (B, T, vocab_size), or (B, 1, vocab_size) with `last_only`: all a sampler needs,
-        and far smaller than a long prompt's full logits.
+        Returns logits (B, T, vocab_size); with `last_only` (B, 1, vocab_size), with `logits_at`
+        (B, len(logits_at), vocab_size): all a sampler needs, and far smaller than a prompt's logits.
         """
         x = self.tok_embeddings(tokens)
         cos, sin = rope_tables(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
-        past = cache.length if cache is not None else 0
-        mask = attention_mask(positions, past + tokens.shape[1])
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache.layers[i] if cache is not None else None)
+        context = context if context is not None else NoCache()
+        for layer in self.layers:
+            x = layer(x, cos, sin, context)
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[:, logits_at]
         return self.output(self.norm(x))

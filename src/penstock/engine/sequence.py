@@ -1,0 +1,82 @@
+"""One generation's state as the engine tracks it: its tokens, its KV blocks, how far it has got."""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+from itertools import count
+
+import torch
+
+from penstock.types import SamplingParams
+
+
+class Priority(IntEnum):
+    """Lower runs first: interactive requests go before batch jobs; FCFS within a class."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    _ids = count()
+
+    def __init__(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        *,
+        max_tokens: int,
+        rng: torch.Generator,
+        priority: Priority = Priority.INTERACTIVE,
+        adapter: str | None = None,
+        arrival: float = 0.0,
+    ) -> None:
+        self.seq_id = next(Sequence._ids)
+        self.token_ids = list(prompt)
+        self.prompt_len = len(prompt)
+        self.params = params
+        self.max_tokens = max_tokens
+        self.rng = rng
+        self.priority = priority
+        self.adapter = adapter
+        self.arrival = arrival
+        self.status = Status.WAITING
+        self.block_table: list[int] = []
+        self.block_keys: list[int] = []  # prefix-cache keys of the leading full, computed blocks
+        self.num_computed = 0  # tokens whose keys and values are in the cache
+        self.num_cached = 0  # of those, how many came from the prefix cache at admission
+        self.preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def num_completion(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    def order(self) -> tuple[int, float, int]:
+        """Scheduling order: priority class, then arrival."""
+        return (self.priority, self.arrival, self.seq_id)
+
+    def reset_for_recompute(self) -> None:
+        """Preempted: its blocks are gone; prompt and generated tokens are recomputed on readmission."""
+        self.block_table = []
+        self.block_keys = []
+        self.num_computed = 0
+        self.num_cached = 0
+        self.status = Status.WAITING
+        self.preemptions += 1
