@@ -21,7 +21,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from penstock.engine.generator import Generator
+from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.loader import LoadedModel
 from penstock.engine.locator import locate_chat_model
 from penstock.store.database import Database
@@ -40,16 +40,16 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def generator(gguf_path: Path) -> Iterator[Generator]:
-    # Loaded on the generator's own worker thread: torch work spread over threads runs slower.
-    generator = Generator.load(gguf_path)
-    yield generator
-    generator.close()
+def engine(gguf_path: Path) -> Iterator[AsyncEngine]:
+    """The serving engine on the shipped model, in fp32 (loaded on the engine's own thread)."""
+    engine = AsyncEngine.load(gguf_path)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
-def loaded(generator: Generator) -> LoadedModel:
-    return generator.loaded
+def loaded(engine: AsyncEngine) -> LoadedModel:
+    return engine.loaded
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

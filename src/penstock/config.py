@@ -18,6 +18,19 @@ from penstock.store.urls import mask_password
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
 
+class EngineSettings(BaseModel):
+    """The built-in engine's batching and memory; see engine/scheduler.py and engine/block_manager.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_size: int = Field(default=16, ge=1, le=256)
+    # KV cache size, in tokens or in bytes (bytes win when both are given).
+    kv_cache_tokens: int = Field(default=32_768, ge=16)
+    kv_cache_bytes: int | None = Field(default=None, gt=0)
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_batched_tokens: int = Field(default=512, ge=16)
+
+
 class DeploymentConfig(BaseModel):
     """A servable model: what clients name in `model`, and where its weights are."""
 
@@ -29,6 +42,7 @@ class DeploymentConfig(BaseModel):
     # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
     input_cost_per_1k: float = Field(default=0.0, ge=0)
     output_cost_per_1k: float = Field(default=0.0, ge=0)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
 
 
 class TenantConfig(BaseModel):

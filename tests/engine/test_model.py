@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from penstock.engine.generator import Generator
+from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model import KVCache
 from penstock.types import Message, Prompt, SamplingParams
@@ -30,17 +30,17 @@ def chat_ids(loaded: LoadedModel, messages: list[Message]) -> list[int]:
     return loaded.tokenizer.encode(loaded.chat_template.render(messages))
 
 
-async def generated_ids(generator: Generator, ids: list[int]) -> list[int]:
+async def generated_ids(engine: AsyncEngine, ids: list[int]) -> list[int]:
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
-    return [t async for event in generator.generate(Prompt("", tuple(ids)), params) for t in event.token_ids]
+    return [t async for event in engine.generate(Prompt("", tuple(ids)), params) for t in event.token_ids]
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=range(len(CONVERSATIONS)))
 async def test_greedy_generation_matches_transformers(
-    generator: Generator, loaded: LoadedModel, hf_model: Any, messages: list[Message]
+    engine: AsyncEngine, loaded: LoadedModel, hf_model: Any, messages: list[Message]
 ) -> None:
     ids = chat_ids(loaded, messages)
-    ours = await generated_ids(generator, ids)
+    ours = await generated_ids(engine, ids)
     with torch.inference_mode():
         reference = hf_model.generate(
             torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2

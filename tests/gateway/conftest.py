@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from penstock.app import build_app
 from penstock.config import DEFAULT_MODEL_NAME, Settings
-from penstock.engine.generator import Generator
+from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.served import ServedModel
 
 ADMIN_KEY = "sk-test-admin"
@@ -19,8 +19,8 @@ MODEL = DEFAULT_MODEL_NAME
 
 
 @pytest.fixture(scope="session")
-def served(generator: Generator) -> dict[str, ServedModel]:
-    return {MODEL: ServedModel(generator)}
+def served(engine: AsyncEngine) -> dict[str, ServedModel]:
+    return {MODEL: ServedModel(engine)}
 
 
 @pytest.fixture

@@ -3,43 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
 
 import torch
 
-from penstock.config import DeploymentConfig
-from penstock.engine.generator import Generator
+from penstock.config import DeploymentConfig, EngineSettings
+from penstock.engine.async_engine import AsyncEngine
+from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.locator import locate_chat_model
+from penstock.engine.model import ModelArgs
+from penstock.engine.paged_attention import PagedKVCache
+from penstock.engine.scheduler import SchedulerConfig
 from penstock.types import Message, Prompt, SamplingParams, TokenEvent
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class ServedModel:
-    def __init__(self, generator: Generator) -> None:
-        self._generator = generator
-        self._template = generator.loaded.chat_template
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._template = engine.loaded.chat_template
+        self._tokenizer = engine.loaded.tokenizer
 
     @property
     def context_window(self) -> int:
-        return self._generator.context_window
+        return self.engine.context_window
 
     def render(self, messages: Sequence[Message]) -> str:
         return self._template.render(messages, add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
-        return self._generator.tokenizer.encode(text)
+        return self._tokenizer.encode(text)
 
     def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        return self._generator.generate(prompt, params)
+        return self.engine.generate(prompt, params)
 
     def close(self) -> None:
-        self._generator.close()
+        self.engine.close()
+
+
+def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
+    tokens = settings.kv_cache_tokens
+    if settings.kv_cache_bytes is not None:
+        tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, dtype)
+    return EngineConfig(
+        block_size=settings.block_size,
+        kv_cache_tokens=tokens,
+        scheduler=SchedulerConfig(max_num_seqs=settings.max_num_seqs, max_batched_tokens=settings.max_batched_tokens),
+    )
 
 
 def load_served_models(deployments: Iterable[DeploymentConfig]) -> dict[str, ServedModel]:
     """Load every deployment's weights; a missing model file fails here, at start, not per request."""
     served = {}
     for deployment in deployments:
-        path = locate_chat_model(deployment.model_path)
-        served[deployment.name] = ServedModel(Generator.load(path, dtype=DTYPES[deployment.dtype]))
+        path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
+        configure = partial(engine_config, deployment.engine, dtype)
+        served[deployment.name] = ServedModel(AsyncEngine.load(path, configure, dtype=dtype))
     return served
