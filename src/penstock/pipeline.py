@@ -13,6 +13,7 @@ from typing import Protocol
 
 from penstock.context.builder import ChatFormat, ContextBuilder
 from penstock.observability.timing import StageTimer
+from penstock.postprocess.choices import collect_choices
 from penstock.router.router import Router
 from penstock.types import ChatRequest, Completion, Prompt, RouteDecision, SamplingParams, TokenEvent, Usage
 
@@ -55,12 +56,8 @@ class Pipeline:
     async def complete(self, prepared: Prepared, timer: StageTimer) -> Completion:
         events = [event async for event in self.generate(prepared, timer)]
         with timer.stage("post"):
-            return Completion(
-                text="".join(e.text for e in events),
-                finish_reason=events[-1].finish_reason or "stop",
-                usage=usage_of(prepared.prompt, events),
-                stage_seconds=dict(timer.seconds),
-            )
+            choices = collect_choices(events)
+        return Completion(choices, usage_of(prepared.prompt, events), dict(timer.seconds))
 
 
 def usage_of(prompt: Prompt, events: list[TokenEvent]) -> Usage:

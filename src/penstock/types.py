@@ -30,9 +30,27 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    presence_penalty: float = 0.0  # OpenAI's: on tokens generated so far
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # Hugging Face's: on prompt and generated tokens, 1 disables
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1
+
+    @property
+    def greedy_only(self) -> bool:
+        """Nothing to compute but an argmax."""
+        return (
+            self.temperature == 0
+            and self.presence_penalty == 0
+            and self.frequency_penalty == 0
+            and self.repetition_penalty == 1
+            and not self.logprobs
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,15 @@ class Prompt:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token (as text), its log-probability under the model, and the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """One step of generation as the client should see it.
 
@@ -90,6 +117,8 @@ class TokenEvent:
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    index: int = 0  # which of the n choices
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +132,15 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
+class Choice:
+    index: int
     text: str
     finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    choices: tuple[Choice, ...]
     usage: Usage
     stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -110,3 +110,47 @@ async def test_seeded_sampling_ignores_its_neighbours(loaded: LoadedModel) -> No
             tokens(engine, prompt, params), *(tokens(engine, p, SamplingParams(max_tokens=12)) for p in noisy)
         )
         assert crowded == alone
+
+
+async def test_n_choices_share_the_prompt_and_sample_apart(loaded: LoadedModel, expected: dict[str, list[int]]) -> None:
+    question = QUESTIONS[2]
+    for engine in engine_with(loaded):
+        greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, n=3)
+        choices: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        async for event in engine.generate(prompt_of(loaded, question), greedy):
+            choices[event.index] += event.token_ids
+        assert list(choices.values()) == [expected[question]] * 3
+
+        seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=5, n=3)
+        runs = []
+        for _ in range(2):
+            run: dict[int, list[int]] = {0: [], 1: [], 2: []}
+            async for event in engine.generate(prompt_of(loaded, question), seeded):
+                run[event.index] += event.token_ids
+            runs.append(run)
+        assert runs[0] == runs[1]
+        assert len({tuple(tokens) for tokens in runs[0].values()}) > 1
+        stats = await engine.stats()
+        assert stats.free_blocks == stats.total_blocks
+
+
+def test_forks_reference_the_parents_blocks(loaded: LoadedModel) -> None:
+    from penstock.engine.llm_engine import LLMEngine
+    from penstock.engine.sampler import request_rng
+    from penstock.engine.sequence import Sequence
+
+    core = LLMEngine(loaded, EngineConfig(block_size=16, kv_cache_tokens=1024))
+    prompt = list(prompt_of(loaded, "Describe a sunrise over the mountains in detail.").token_ids)
+    assert len(prompt) > 32 and len(prompt) % 16  # two full blocks at least, and a partial one
+    seq = Sequence(prompt, SamplingParams(max_tokens=4, temperature=0, n=3), max_tokens=4, rng=request_rng(0, "cpu"))
+    core.add(seq, lambda _: None)
+    core.step()  # the whole prompt, then the fork
+    seqs = core.scheduler.running
+    assert len(seqs) == 3
+    full = len(prompt) // 16
+    assert all(s.block_table[:full] == seq.block_table[:full] for s in seqs)
+    assert len({s.block_table[full] for s in seqs}) == 3  # each choice has its own tail block
+    assert all(core.blocks.blocks[b].ref_count == 3 for b in seq.block_table[:full])
+    while core.has_work():
+        core.step()
+    assert core.blocks.num_free == len(core.blocks.blocks)

@@ -91,3 +91,41 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
     assert given.headers["x-request-id"] == "abc-123"
     made = await client.get("/healthz", headers={"x-request-id": "bad id with spaces"})
     assert made.headers["x-request-id"] not in ("", "bad id with spaces")
+
+
+async def test_n_gives_that_many_choices(client: httpx.AsyncClient) -> None:
+    request = {"model": MODEL, "messages": QUESTION, "max_tokens": 8, "n": 3, "temperature": 1.0, "seed": 3}
+    body = (await client.post("/v1/chat/completions", json=request)).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] for c in body["choices"])
+    assert body["usage"]["completion_tokens"] >= 3
+
+    stream = await client.post("/v1/chat/completions", json={**request, "stream": True})
+    chunks = [json.loads(e) for e in sse_events(stream.text)[:-1]]
+    streamed = {i: "" for i in range(3)}
+    for c in chunks:
+        for choice in c["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content", "")
+    assert streamed == {c["index"]: c["message"]["content"] for c in body["choices"]}
+
+
+async def test_logprobs_in_openai_shape(client: httpx.AsyncClient) -> None:
+    request = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0, "logprobs": True}
+    body = (await client.post("/v1/chat/completions", json={**request, "top_logprobs": 2})).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"]
+    first = content[0]
+    assert first["logprob"] <= 0 and first["bytes"] == list(first["token"].encode())
+    assert len(first["top_logprobs"]) == 2
+    assert first["top_logprobs"][0]["token"] == first["token"]  # greedy: the chosen token is the likeliest
+    assert "".join(t["token"] for t in content) == body["choices"][0]["message"]["content"]
+
+
+async def test_penalties_change_sampling(client: httpx.AsyncClient) -> None:
+    count = [{"role": "user", "content": "Repeat the word 'yes' ten times."}]
+    base = {"model": MODEL, "messages": count, "max_tokens": 24, "temperature": 0}
+    plain = (await client.post("/v1/chat/completions", json=base)).json()["choices"][0]["message"]["content"]
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"repetition_penalty": 2.0}):
+        response = await client.post("/v1/chat/completions", json={**base, **penalty})
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"] != plain, penalty

@@ -52,22 +52,25 @@ class AsyncEngine:
     async def generate(
         self, prompt: Prompt, params: SamplingParams, priority: Priority = Priority.INTERACTIVE
     ) -> AsyncIterator[TokenEvent]:
-        """Events until one carries a finish_reason; closing the iterator early aborts the request."""
+        """Events until each of the n choices has finished (event.index tells them apart).
+
+        Closing the iterator early aborts the request and frees its blocks.
+        """
         seq = self._sequence(prompt, params, priority)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
         push = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)  # noqa: E731
         self._inbox.put(lambda core: _add(core, seq, push))
-        finished = False
+        unfinished = params.n
         try:
-            while not finished:
+            while unfinished:
                 item = await events.get()
                 if isinstance(item, Exception):
                     raise item
-                finished = item.finish_reason is not None
+                unfinished -= item.finish_reason is not None
                 yield item
         finally:
-            if not finished:
+            if unfinished:
                 self._inbox.put(lambda core: core.abort(seq.seq_id))
 
     async def stats(self) -> EngineStats:

@@ -88,6 +88,25 @@ class BlockManager:
             self._take(block_id)
             seq.block_table.append(block_id)
 
+    def can_fork(self, parent: Sequence) -> bool:
+        return parent.num_computed % self.block_size == 0 or bool(self.free)
+
+    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int] | None:
+        """Share the parent's full blocks with the child and give it its own copy of the partial tail.
+
+        Returns (source, destination) of the tail block whose contents the caller must copy, if any.
+        """
+        full, partial = divmod(parent.num_computed, self.block_size)
+        for block_id in parent.block_table[:full]:
+            self._take(block_id)
+        child.block_table = parent.block_table[:full]
+        child.block_keys = parent.block_keys[:full]
+        child.num_computed = parent.num_computed
+        if not partial:
+            return None
+        self.grow(child, parent.num_computed)
+        return parent.block_table[full], child.block_table[full]
+
     def register(self, seq: Sequence) -> None:
         """Key the sequence's full, computed blocks so later requests can reuse them."""
         for index in range(len(seq.block_keys), seq.num_computed // self.block_size):

@@ -15,7 +15,7 @@ from penstock.engine.block_manager import BlockManager
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
 from penstock.engine.paged_attention import PagedKVCache
-from penstock.engine.sampler import sample
+from penstock.engine.sampler import Logprob, request_rng, sample_batch
 from penstock.engine.scheduler import Chunk, Scheduler, SchedulerConfig
 from penstock.engine.sequence import Sequence
 from penstock.engine.streaming import EventBuilder
@@ -50,6 +50,12 @@ class Request:
     seq: Sequence
     events: EventBuilder
     sink: Sink
+    group: int  # the seq_id of the request's first choice; its n - 1 siblings fork from it
+    forks_left: int = 0
+
+
+def _nth_seed(seed: int | None, index: int) -> int | None:
+    return None if seed is None else seed + index
 
 
 class LLMEngine:
@@ -76,18 +82,23 @@ class LLMEngine:
                 f"({len(self.blocks.blocks) * self.blocks.block_size} tokens)",
                 param="messages",
             )
-        self.requests[seq.seq_id] = Request(seq, EventBuilder(self.tokenizer, seq.params), sink)
+        events = EventBuilder(self.tokenizer, seq.params)
+        self.requests[seq.seq_id] = Request(seq, events, sink, group=seq.seq_id, forks_left=seq.params.n - 1)
         self.scheduler.add(seq)
 
-    def abort(self, seq_id: int) -> None:
-        request = self.requests.pop(seq_id, None)
-        if request is not None:
-            self.scheduler.remove(request.seq)
+    def abort(self, group: int) -> None:
+        """Stop a request and every choice forked from it; their blocks are free at once."""
+        for seq_id in [i for i, r in self.requests.items() if r.group == group]:
+            self._finish(seq_id)
 
     def fail_all(self, exc: Exception) -> None:
         for seq_id, request in list(self.requests.items()):
-            self.abort(seq_id)
+            self._finish(seq_id)
             request.sink(exc)
+
+    def _finish(self, seq_id: int) -> None:
+        request = self.requests.pop(seq_id)
+        self.scheduler.remove(request.seq)
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -111,21 +122,44 @@ class LLMEngine:
         return chunks
 
     def _advance(self, chunks: list[Chunk], logits: torch.Tensor) -> None:
-        row = 0
         for chunk in chunks:
-            seq = chunk.seq
-            seq.num_computed += chunk.length
-            if chunk.samples:
-                self._emit(seq, sample(logits[row], seq.params, seq.rng))
-                row += 1
-            if seq.seq_id in self.requests:
-                self.blocks.register(seq)
+            chunk.seq.num_computed += chunk.length
+        sampling = [c.seq for c in chunks if c.samples]
+        rows = list(range(len(sampling)))
+        for row, seq in enumerate(list(sampling)):
+            forks = self._fork(seq)  # n > 1: the siblings draw their first token from the same logits
+            sampling += forks
+            rows += [row] * len(forks)
+        for seq, (token, logprob) in zip(sampling, sample_batch(logits[rows], sampling), strict=True):
+            self._emit(seq, token, logprob)
+        for chunk in chunks:
+            if chunk.seq.seq_id in self.requests:
+                self.blocks.register(chunk.seq)
 
-    def _emit(self, seq: Sequence, token: int) -> None:
+    def _emit(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
         request = self.requests[seq.seq_id]
         seq.token_ids.append(token)
-        event = request.events.event(token, last=seq.num_completion >= seq.max_tokens)
+        event = request.events.event(token, last=seq.num_completion >= seq.max_tokens, logprob=logprob)
         if event.finish_reason is not None:
             self.blocks.register(seq)
-            self.abort(seq.seq_id)
+            self._finish(seq.seq_id)
         request.sink(event)
+
+    def _fork(self, parent: Sequence) -> list[Sequence]:
+        """The request's other n - 1 choices, sharing the prompt's blocks that the parent computed."""
+        request = self.requests[parent.seq_id]
+        forks, request.forks_left = request.forks_left, 0
+        children = []
+        for index in range(parent.params.n - forks, parent.params.n):
+            child = parent.fork(index, request_rng(_nth_seed(parent.params.seed, index), self.runner.loaded.device))
+            self.requests[child.seq_id] = Request(
+                child, EventBuilder(self.tokenizer, child.params, index), request.sink, group=request.group
+            )
+            if not self.blocks.can_fork(parent):  # no block free for the tail: recompute, prefix cache helps
+                self.scheduler.add(child)
+                continue
+            if copy := self.blocks.fork(parent, child):
+                self.cache.copy_block(*copy)
+            self.scheduler.start(child)
+            children.append(child)
+        return children

@@ -29,6 +29,12 @@ class PagedKVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
 
+    def copy_block(self, source: int, destination: int) -> None:
+        src = slice(source * self.block_size, (source + 1) * self.block_size)
+        dst = slice(destination * self.block_size, (destination + 1) * self.block_size)
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+
     @staticmethod
     def bytes_per_token(args: ModelArgs, dtype: torch.dtype) -> int:
         return 2 * args.n_layers * args.n_kv_heads * args.head_dim * torch.empty((), dtype=dtype).element_size()

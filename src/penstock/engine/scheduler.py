@@ -53,6 +53,11 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting[seq.priority].append(seq)
 
+    def start(self, seq: Sequence) -> None:
+        """Run a sequence that already holds its blocks (a fork of a running one)."""
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+
     def remove(self, seq: Sequence) -> None:
         """Take a sequence out, wherever it is, and free its blocks (finish or abort)."""
         if seq in self.running:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum, IntEnum
 from itertools import count
 
 import torch
+from torch import Tensor
 
 from penstock.types import SamplingParams
 
@@ -52,6 +54,9 @@ class Sequence:
         self.num_computed = 0  # tokens whose keys and values are in the cache
         self.num_cached = 0  # of those, how many came from the prefix cache at admission
         self.preemptions = 0
+        # Grammar-constrained decoding plugs in here: the tokens allowed next, or None for all.
+        self.token_mask: Callable[[Sequence], Tensor | None] | None = None
+        self.index = 0  # which of the request's n choices
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -71,6 +76,21 @@ class Sequence:
     def order(self) -> tuple[int, float, int]:
         """Scheduling order: priority class, then arrival."""
         return (self.priority, self.arrival, self.seq_id)
+
+    def fork(self, index: int, rng: torch.Generator) -> Sequence:
+        """Another choice of the same request, at the same point: same tokens, its own randomness."""
+        child = Sequence(
+            self.token_ids,
+            self.params,
+            max_tokens=self.max_tokens,
+            rng=rng,
+            priority=self.priority,
+            adapter=self.adapter,
+            arrival=self.arrival,
+        )
+        child.prompt_len = self.prompt_len
+        child.token_mask, child.index = self.token_mask, index
+        return child
 
     def reset_for_recompute(self) -> None:
         """Preempted: its blocks are gone; prompt and generated tokens are recomputed on readmission."""

@@ -31,7 +31,7 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     # Fields OpenAI defines that this server does not act on are accepted and ignored, as vLLM does,
-    # so SDK defaults never fail; fields it cannot honour yet are rejected below with a clear 400.
+    # so SDK defaults never fail. min_p, top_k, repetition_penalty and stop_token_ids are vLLM's extras.
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
@@ -41,7 +41,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    n: int = Field(default=1, ge=1, le=1)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -49,7 +50,10 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    stop_token_ids: list[int] = Field(default_factory=list)
     logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
 
     @field_validator("stop")
     @classmethod
@@ -76,11 +80,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprobOut):
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut]
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -106,7 +124,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from penstock.errors import PenstockError
-from penstock.gateway.convert import chunk, usage_chunk
-from penstock.gateway.schemas import Delta
+from penstock.gateway.convert import chunk, logprobs_out, usage_chunk
+from penstock.gateway.schemas import ChunkChoice, Delta
 from penstock.observability.timing import StageTimer
 from penstock.pipeline import Pipeline, Prepared, usage_of
 from penstock.types import TokenEvent
@@ -31,14 +31,17 @@ async def chat_stream(
     model = prepared.request.model
     events: list[TokenEvent] = []
     status = "error"
+    emit = lambda choice: sse(chunk(completion_id, model, choice).model_dump_json())  # noqa: E731
     try:
-        yield sse(chunk(completion_id, model, Delta(role="assistant", content="")).model_dump_json())
+        for index in range(prepared.request.sampling.n):
+            yield emit(ChunkChoice(index=index, delta=Delta(role="assistant", content="")))
         async for event in pipeline.generate(prepared, timer):
             events.append(event)
-            if event.text:
-                yield sse(chunk(completion_id, model, Delta(content=event.text)).model_dump_json())
+            if event.text or event.logprobs:
+                delta = Delta(content=event.text)
+                yield emit(ChunkChoice(index=event.index, delta=delta, logprobs=logprobs_out(event.logprobs)))
             if event.finish_reason:
-                yield sse(chunk(completion_id, model, Delta(), event.finish_reason).model_dump_json())
+                yield emit(ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.finish_reason))
         if prepared.request.include_usage:
             usage = usage_of(prepared.prompt, events)
             yield sse(usage_chunk(completion_id, model, usage).model_dump_json())
