@@ -19,11 +19,14 @@ from uuid import uuid4
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from penstock.config import DEFAULT_MODEL_NAME
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.loader import LoadedModel
 from penstock.engine.locator import locate_chat_model
+from penstock.observability.engine_metrics import EngineMetrics
 from penstock.store.database import Database
 from penstock.store.embedded import EmbeddedPostgres
 from penstock.store.migrations import apply_migrations
@@ -40,9 +43,15 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(gguf_path: Path) -> Iterator[AsyncEngine]:
+def registry() -> CollectorRegistry:
+    """The Prometheus registry the shared engine reports to."""
+    return CollectorRegistry()
+
+
+@pytest.fixture(scope="session")
+def engine(gguf_path: Path, registry: CollectorRegistry) -> Iterator[AsyncEngine]:
     """The serving engine on the shipped model, in fp32 (loaded on the engine's own thread)."""
-    engine = AsyncEngine.load(gguf_path)
+    engine = AsyncEngine.load(gguf_path, observer=EngineMetrics(registry, DEFAULT_MODEL_NAME))
     yield engine
     engine.close()
 

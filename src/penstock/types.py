@@ -71,6 +71,7 @@ class ChatRequest:
     caller: Caller
     stream: bool = False
     include_usage: bool = False
+    raw_prompt: str | None = None  # /v1/completions: text given as is, no chat template
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,13 +47,13 @@ def penstock(
     )
 
 
-def start_server(home: Path, **env: str) -> RunningServer:
-    """`penstock serve` on a free port, returned once /readyz says ready."""
+def start_server(home: Path, command: str = "serve", **env: str) -> RunningServer:
+    """`penstock serve` (or `worker`) on a free port, returned once /readyz says ready."""
     port = free_port()
     log = home / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "penstock.cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "penstock.cli.main", command, "--port", str(port)],
             env=penstock_env(home, **env),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from penstock.app import build_app
 from penstock.config import DEFAULT_MODEL_NAME, Settings
@@ -24,9 +25,11 @@ def served(engine: AsyncEngine) -> dict[str, ServedModel]:
 
 
 @pytest.fixture
-async def app(database_url: str, served: dict[str, ServedModel], tmp_path: Path) -> AsyncIterator[FastAPI]:
+async def app(
+    database_url: str, served: dict[str, ServedModel], registry: CollectorRegistry, tmp_path: Path
+) -> AsyncIterator[FastAPI]:
     settings = Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url)
-    app = build_app(settings, served)
+    app = build_app(settings, served, registry)
     async with app.router.lifespan_context(app):
         yield app
 

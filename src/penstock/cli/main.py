@@ -8,6 +8,7 @@ from penstock.cli import chat, config_cmd, doctor, serve
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
 app.command("serve")(serve.serve)
+app.command("worker")(serve.worker)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
 app.add_typer(config_cmd.app, name="config")

@@ -1,4 +1,4 @@
-"""`penstock serve`: the whole service in one process, with the embedded defaults."""
+"""`penstock serve` (the whole service in one process) and `penstock worker` (the engine alone)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,21 @@ import uvicorn
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
 from penstock.observability.logging import configure_logging
 
+HostOption = typer.Option(None, help="Address to listen on (default from config: 127.0.0.1).")
+PortOption = typer.Option(None, min=0, max=65535, help="Port (default from config: 8000).")
 
-def serve(
-    host: str | None = typer.Option(None, help="Address to listen on (default from config: 127.0.0.1)."),
-    port: int | None = typer.Option(None, min=0, max=65535, help="Port (default from config: 8000)."),
-    config: Path | None = ConfigOption,
-) -> None:
-    """Start the OpenAI-compatible API server."""
+
+def serve(host: str | None = HostOption, port: int | None = PortOption, config: Path | None = ConfigOption) -> None:
+    """Start the OpenAI-compatible API server with its database (embedded unless DATABASE_URL is set)."""
+    _run(config, host, port, with_database=True)
+
+
+def worker(host: str | None = HostOption, port: int | None = PortOption, config: Path | None = ConfigOption) -> None:
+    """Serve the inference engine alone over the OpenAI API, for a gateway to drive (as it would vLLM)."""
+    _run(config, host, port, with_database=False)
+
+
+def _run(config: Path | None, host: str | None, port: int | None, *, with_database: bool) -> None:
     settings = settings_or_exit(config)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
     if settings.admin_key is None and not _is_loopback(settings.host):
@@ -29,7 +37,8 @@ def serve(
     configure_logging(settings.log_level)
     from penstock.app import build_app  # imported late: it pulls in torch, which `--help` need not wait for
 
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    app = build_app(settings, with_database=with_database)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
 def _is_loopback(host: str) -> bool:

@@ -27,7 +27,7 @@ class ContextBuilder:
 
     def build(self, request: ChatRequest, fmt: ChatFormat) -> tuple[Prompt, ChatRequest]:
         """The prompt, and the request with max_tokens fitted to the room the prompt leaves."""
-        text = fmt.render(request.messages)
+        text = request.raw_prompt if request.raw_prompt is not None else fmt.render(request.messages)
         token_ids = tuple(fmt.encode(text))
         room = fmt.context_window - len(token_ids)
         explicit = request.sampling.max_tokens

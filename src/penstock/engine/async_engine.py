@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from functools import partial
@@ -21,6 +20,7 @@ import torch
 from penstock.engine.llm_engine import EngineConfig, EngineStats, LLMEngine
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.model import ModelArgs
+from penstock.engine.observer import EngineObserver
 from penstock.engine.sampler import request_rng
 from penstock.engine.sequence import Priority, Sequence
 from penstock.errors import ContextLengthExceeded, InvalidRequest
@@ -32,18 +32,28 @@ Configure = Callable[[ModelArgs], EngineConfig]
 
 
 class AsyncEngine:
-    def __init__(self, load: Callable[[], LoadedModel], configure: Configure) -> None:
+    def __init__(
+        self, load: Callable[[], LoadedModel], configure: Configure, observer: EngineObserver | None = None
+    ) -> None:
         """`configure` turns the loaded model's shape into the engine's configuration (KV cache size)."""
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         ready: Future[LLMEngine] = Future()
-        self._thread = threading.Thread(target=self._main, args=(load, configure, ready), name="penstock-engine")
+        start = partial(self._main, load, configure, observer, ready)
+        self._thread = threading.Thread(target=start, name="penstock-engine")
         self._thread.start()
         self.core = ready.result()
         self.loaded = self.core.runner.loaded
 
     @classmethod
-    def load(cls, path: Path, configure: Configure | None = None, *, dtype: torch.dtype = torch.float32) -> AsyncEngine:
-        return cls(partial(load_chat_model, path, dtype=dtype), configure or (lambda _: EngineConfig()))
+    def load(
+        cls,
+        path: Path,
+        configure: Configure | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        observer: EngineObserver | None = None,
+    ) -> AsyncEngine:
+        return cls(partial(load_chat_model, path, dtype=dtype), configure or (lambda _: EngineConfig()), observer)
 
     @property
     def context_window(self) -> int:
@@ -94,14 +104,18 @@ class AsyncEngine:
                 param="messages",
             )
         rng = request_rng(params.seed, self.loaded.device)
-        return Sequence(
-            list(prompt.token_ids), params, max_tokens=max_tokens, rng=rng, priority=priority, arrival=time.monotonic()
-        )
+        return Sequence(list(prompt.token_ids), params, max_tokens=max_tokens, rng=rng, priority=priority)
 
-    def _main(self, load: Callable[[], LoadedModel], configure: Configure, ready: Future[LLMEngine]) -> None:
+    def _main(
+        self,
+        load: Callable[[], LoadedModel],
+        configure: Configure,
+        observer: EngineObserver | None,
+        ready: Future[LLMEngine],
+    ) -> None:
         try:
             loaded = load()
-            core = LLMEngine(loaded, configure(loaded.args))
+            core = LLMEngine(loaded, configure(loaded.args), observer)
         except BaseException as exc:
             ready.set_exception(exc)
             return

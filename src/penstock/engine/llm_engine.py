@@ -5,6 +5,7 @@ Not thread-safe: one thread owns an LLMEngine (see async_engine for the thread t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ import torch
 from penstock.engine.block_manager import BlockManager
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
+from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
 from penstock.engine.scheduler import Chunk, Scheduler, SchedulerConfig
@@ -54,12 +56,26 @@ class Request:
     forks_left: int = 0
 
 
+def request_record(seq: Sequence, finish_reason: str) -> RequestRecord:
+    scheduled = seq.first_scheduled or seq.arrival
+    first, last = seq.first_token_at or scheduled, seq.last_token_at or scheduled
+    return RequestRecord(
+        queue_seconds=scheduled - seq.arrival,
+        ttft_seconds=first - seq.arrival,
+        prefill_seconds=first - scheduled,
+        decode_seconds=last - first,
+        output_tokens=seq.num_completion,
+        finish_reason=finish_reason,
+    )
+
+
 def _nth_seed(seed: int | None, index: int) -> int | None:
     return None if seed is None else seed + index
 
 
 class LLMEngine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, observer: EngineObserver | None = None) -> None:
+        self.observer = observer or NullObserver()
         num_blocks = config.kv_cache_tokens // config.block_size
         self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=loaded.dtype, device=loaded.device)
         self.blocks = BlockManager(num_blocks, config.block_size)
@@ -115,15 +131,38 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> list[Chunk]:
+        start, before = time.monotonic(), self._counters()
         chunks = self.scheduler.schedule()
         if chunks:
             logits = self.runner.run(chunks)
-            self._advance(chunks, logits)
+            self._advance(chunks, logits, start)
+            self.observer.on_step(self._step_record(chunks, time.monotonic() - start, before))
         return chunks
 
-    def _advance(self, chunks: list[Chunk], logits: torch.Tensor) -> None:
+    def _counters(self) -> tuple[int, int, int]:
+        stats = self.blocks.stats
+        return self.scheduler.preemptions, stats.queried_tokens, stats.hit_tokens
+
+    def _step_record(self, chunks: list[Chunk], seconds: float, before: tuple[int, int, int]) -> StepRecord:
+        preempted, queried, hits = (now - then for now, then in zip(self._counters(), before, strict=True))
+        decode = sum(1 for c in chunks if c.length == 1 and c.start >= c.seq.prompt_len)
+        return StepRecord(
+            seconds=seconds,
+            batch_size=len(chunks),
+            prefill_tokens=sum(c.length for c in chunks) - decode,
+            decode_tokens=decode,
+            running=len(self.scheduler.running),
+            waiting=self.scheduler.num_waiting,
+            kv_usage=self.blocks.usage,
+            preemptions=preempted,
+            prefix_queried_tokens=queried,
+            prefix_hit_tokens=hits,
+        )
+
+    def _advance(self, chunks: list[Chunk], logits: torch.Tensor, started: float) -> None:
         for chunk in chunks:
             chunk.seq.num_computed += chunk.length
+            chunk.seq.first_scheduled = chunk.seq.first_scheduled or started
         sampling = [c.seq for c in chunks if c.samples]
         rows = list(range(len(sampling)))
         for row, seq in enumerate(list(sampling)):
@@ -139,11 +178,20 @@ class LLMEngine:
     def _emit(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
         request = self.requests[seq.seq_id]
         seq.token_ids.append(token)
+        self._clock(seq)
         event = request.events.event(token, last=seq.num_completion >= seq.max_tokens, logprob=logprob)
         if event.finish_reason is not None:
             self.blocks.register(seq)
             self._finish(seq.seq_id)
+            self.observer.on_finish(request_record(seq, event.finish_reason))
         request.sink(event)
+
+    def _clock(self, seq: Sequence) -> None:
+        now = time.monotonic()
+        if seq.last_token_at is not None:
+            self.observer.on_token_gap(now - seq.last_token_at)
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
 
     def _fork(self, parent: Sequence) -> list[Sequence]:
         """The request's other n - 1 choices, sharing the prompt's blocks that the parent computed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from enum import Enum, IntEnum
 from itertools import count
@@ -37,7 +38,7 @@ class Sequence:
         rng: torch.Generator,
         priority: Priority = Priority.INTERACTIVE,
         adapter: str | None = None,
-        arrival: float = 0.0,
+        arrival: float | None = None,
     ) -> None:
         self.seq_id = next(Sequence._ids)
         self.token_ids = list(prompt)
@@ -47,7 +48,7 @@ class Sequence:
         self.rng = rng
         self.priority = priority
         self.adapter = adapter
-        self.arrival = arrival
+        self.arrival = time.monotonic() if arrival is None else arrival
         self.status = Status.WAITING
         self.block_table: list[int] = []
         self.block_keys: list[int] = []  # prefix-cache keys of the leading full, computed blocks
@@ -57,6 +58,9 @@ class Sequence:
         # Grammar-constrained decoding plugs in here: the tokens allowed next, or None for all.
         self.token_mask: Callable[[Sequence], Tensor | None] | None = None
         self.index = 0  # which of the request's n choices
+        self.first_scheduled: float | None = None  # monotonic times, for the engine's metrics
+        self.last_token_at: float | None = None
+        self.first_token_at: float | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 
 import torch
@@ -12,6 +12,7 @@ from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
+from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.types import Message, Prompt, SamplingParams, TokenEvent
@@ -53,11 +54,17 @@ def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs)
     )
 
 
-def load_served_models(deployments: Iterable[DeploymentConfig]) -> dict[str, ServedModel]:
-    """Load every deployment's weights; a missing model file fails here, at start, not per request."""
+def load_served_models(
+    deployments: Iterable[DeploymentConfig], observe: Callable[[str], EngineObserver] | None = None
+) -> dict[str, ServedModel]:
+    """Load every deployment's weights; a missing model file fails here, at start, not per request.
+
+    `observe` gives each deployment's engine its observer (metrics), by deployment name.
+    """
     served = {}
     for deployment in deployments:
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
         configure = partial(engine_config, deployment.engine, dtype)
-        served[deployment.name] = ServedModel(AsyncEngine.load(path, configure, dtype=dtype))
+        observer = observe(deployment.name) if observe else None
+        served[deployment.name] = ServedModel(AsyncEngine.load(path, configure, dtype=dtype, observer=observer))
     return served

@@ -29,15 +29,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    # Fields OpenAI defines that this server does not act on are accepted and ignored, as vLLM does,
-    # so SDK defaults never fail. min_p, top_k, repetition_penalty and stop_token_ids are vLLM's extras.
+class SamplingFields(BaseModel):
+    """What chat and text completions share. Fields OpenAI defines that this server does not act on
+    are accepted and ignored, as vLLM does, so SDK defaults never fail. min_p, top_k,
+    repetition_penalty and stop_token_ids are vLLM's extras."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
@@ -52,8 +51,6 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
     stop_token_ids: list[int] = Field(default_factory=list)
-    logprobs: bool = False
-    top_logprobs: int = Field(default=0, ge=0, le=20)
 
     @field_validator("stop")
     @classmethod
@@ -67,6 +64,32 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+
+
+class CompletionRequest(SamplingFields):
+    """The legacy /v1/completions request: text in, text out, no chat template."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # here: how many alternatives to list
+    echo: bool = False
+
+    def prompt_text(self) -> str | None:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return self.prompt[0] if len(self.prompt) == 1 else None
 
 
 class UsageOut(BaseModel):
@@ -133,6 +156,29 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
+    usage: UsageOut | None = Field(default=None, exclude_if=_absent)
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
     usage: UsageOut | None = Field(default=None, exclude_if=_absent)
 
 

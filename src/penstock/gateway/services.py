@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from prometheus_client import CollectorRegistry
 
 from penstock.config import PolicyConfig
 from penstock.gateway.auth import Authenticator
@@ -22,6 +23,7 @@ class Services:
     models: tuple[str, ...]
     created: int
     checks: dict[str, Check]  # readiness checks by name
+    registry: CollectorRegistry
 
 
 def services(request: Request) -> Services:

@@ -1,4 +1,4 @@
-"""Server-sent events in OpenAI's chat.completion.chunk format, ending with `data: [DONE]`."""
+"""Server-sent events in OpenAI's streaming format, ending with `data: [DONE]`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from penstock.errors import PenstockError
-from penstock.gateway.convert import chunk, logprobs_out, usage_chunk
-from penstock.gateway.schemas import ChunkChoice, Delta
+from penstock.gateway.shapes import Shape
 from penstock.observability.timing import StageTimer
 from penstock.pipeline import Pipeline, Prepared, usage_of
 from penstock.types import TokenEvent
@@ -21,30 +20,24 @@ def sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-async def chat_stream(
+async def event_stream(
     pipeline: Pipeline,
     prepared: Prepared,
     timer: StageTimer,
-    completion_id: str,
+    shape: Shape,
     on_done: Callable[[str, list[TokenEvent]], None],
 ) -> AsyncIterator[bytes]:
-    model = prepared.request.model
     events: list[TokenEvent] = []
     status = "error"
-    emit = lambda choice: sse(chunk(completion_id, model, choice).model_dump_json())  # noqa: E731
     try:
-        for index in range(prepared.request.sampling.n):
-            yield emit(ChunkChoice(index=index, delta=Delta(role="assistant", content="")))
+        for chunk in shape.opening(prepared.request.sampling.n):
+            yield sse(chunk.model_dump_json())
         async for event in pipeline.generate(prepared, timer):
             events.append(event)
-            if event.text or event.logprobs:
-                delta = Delta(content=event.text)
-                yield emit(ChunkChoice(index=event.index, delta=delta, logprobs=logprobs_out(event.logprobs)))
-            if event.finish_reason:
-                yield emit(ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.finish_reason))
+            for chunk in shape.chunks(event):
+                yield sse(chunk.model_dump_json())
         if prepared.request.include_usage:
-            usage = usage_of(prepared.prompt, events)
-            yield sse(usage_chunk(completion_id, model, usage).model_dump_json())
+            yield sse(shape.usage_chunk(usage_of(prepared.prompt, events)).model_dump_json())
         status = "ok"
     except Exception as exc:
         # Headers are gone already: the error travels as an event, and the stream still ends cleanly.

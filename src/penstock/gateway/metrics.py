@@ -1,0 +1,15 @@
+"""GET /metrics: Prometheus text format, from the registry the app owns."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from penstock.gateway.services import Services, services
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(svc: Services = Depends(services)) -> Response:
+    return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE_LATEST)
