@@ -15,11 +15,22 @@ from penstock.context.builder import ChatFormat, ContextBuilder
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.router.router import Router
-from penstock.types import ChatRequest, Completion, Prompt, RouteDecision, SamplingParams, TokenEvent, Usage
+from penstock.types import (
+    ChatRequest,
+    Completion,
+    Prompt,
+    RequestPriority,
+    RouteDecision,
+    SamplingParams,
+    TokenEvent,
+    Usage,
+)
 
 
 class ServedModel(ChatFormat, Protocol):
-    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]: ...
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, priority: RequestPriority
+    ) -> AsyncIterator[TokenEvent]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +57,7 @@ class Pipeline:
     async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
         model = self._models[prepared.decision.deployment]
         start = last = perf_counter()
-        async for event in model.generate(prepared.prompt, prepared.request.sampling):
+        async for event in model.generate(prepared.prompt, prepared.request.sampling, prepared.request.priority):
             now = perf_counter()
             # The first event closes prefill (and the first token); everything after it is decode.
             timer.add("decode" if last > start else "prefill", now - last)

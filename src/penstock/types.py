@@ -10,6 +10,7 @@ from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length"]
+RequestPriority = Literal["interactive", "batch"]  # interactive runs first; FCFS within a class
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     raw_prompt: str | None = None  # /v1/completions: text given as is, no chat template
+    priority: RequestPriority = "interactive"
 
 
 @dataclass(frozen=True, slots=True)

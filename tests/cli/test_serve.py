@@ -1,7 +1,9 @@
 """The promise of the README: `penstock serve`, then the official openai SDK gets "Paris"."""
 
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -67,3 +69,26 @@ def test_serve_with_an_invalid_config_exits_2_naming_the_field(tmp_path: Path) -
     result = penstock("serve", "--config", str(config), env=penstock_env(tmp_path))
     assert result.returncode == 2
     assert "deployments.0.dtype" in result.stderr
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_engine(server: RunningServer) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": DEFAULT_MODEL_NAME, "messages": QUESTION, "max_tokens": 4000, "stream": True, "priority": "batch"}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=headers) as response:
+        tokens = (line for line in response.iter_lines() if '"content":"' in line and '"role"' not in line)
+        assert next(tokens) and next(tokens)  # two tokens in: the engine is at work
+        assert running_sequences(server) == 1  # generating: 4,000 tokens would take minutes
+    deadline = time.monotonic() + 10
+    while running_sequences(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_sequences(server) == 0
+    assert metric(server, "penstock_kv_cache_usage_ratio") == 0
+
+
+def metric(server: RunningServer, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return float(next(line for line in text.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])
+
+
+def running_sequences(server: RunningServer) -> float:
+    return metric(server, "penstock_engine_running_sequences")

@@ -52,6 +52,7 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
         ({"temperature": "hot"}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"n": 0}, "n"),
+        ({"priority": "urgent"}, "priority"),
         ({"n": 17}, "n"),
         ({"top_logprobs": 21}, "top_logprobs"),
         ({"repetition_penalty": 0}, "repetition_penalty"),

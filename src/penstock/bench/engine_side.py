@@ -115,9 +115,9 @@ def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | Non
     return EngineRun(trackers, wall_s, stats.preemptions - before, stats.prefix_hit_rate)
 
 
-def single_stream_tok_s(engine: LLMEngine, request: BenchRequest) -> float:
+def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest) -> float:
     """Decode tokens per second of one request alone, time to first token excluded."""
-    return run(engine, [request]).trackers[0].decode_tok_s
+    return run(new_engine(loaded, kv_tokens_for([request])), [request]).trackers[0].decode_tok_s
 
 
 def prefix_ttft_s(loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest]) -> tuple[float, float]:

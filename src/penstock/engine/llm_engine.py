@@ -15,7 +15,7 @@ import torch
 from penstock.engine.block_manager import BlockManager
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
-from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StepRecord
+from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StateRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
 from penstock.engine.scheduler import Chunk, Scheduler, SchedulerConfig
@@ -106,6 +106,7 @@ class LLMEngine:
         """Stop a request and every choice forked from it; their blocks are free at once."""
         for seq_id in [i for i, r in self.requests.items() if r.group == group]:
             self._finish(seq_id)
+        self._report_state()
 
     def fail_all(self, exc: Exception) -> None:
         for seq_id, request in list(self.requests.items()):
@@ -137,7 +138,12 @@ class LLMEngine:
             logits = self.runner.run(chunks)
             self._advance(chunks, logits, start)
             self.observer.on_step(self._step_record(chunks, time.monotonic() - start, before))
+            self._report_state()
         return chunks
+
+    def _report_state(self) -> None:
+        state = StateRecord(len(self.scheduler.running), self.scheduler.num_waiting, self.blocks.usage)
+        self.observer.on_state(state)
 
     def _counters(self) -> tuple[int, int, int]:
         stats = self.blocks.stats
@@ -151,9 +157,6 @@ class LLMEngine:
             batch_size=len(chunks),
             prefill_tokens=sum(c.length for c in chunks) - decode,
             decode_tokens=decode,
-            running=len(self.scheduler.running),
-            waiting=self.scheduler.num_waiting,
-            kv_usage=self.blocks.usage,
             preemptions=preempted,
             prefix_queried_tokens=queried,
             prefix_hit_tokens=hits,

@@ -12,12 +12,18 @@ class StepRecord:
     batch_size: int  # sequences in the step
     prefill_tokens: int
     decode_tokens: int
-    running: int
-    waiting: int
-    kv_usage: float  # fraction of blocks in use
     preemptions: int  # in this step
     prefix_queried_tokens: int  # in this step's admissions
     prefix_hit_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """The engine's load after a step or an abort."""
+
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of blocks in use
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,8 @@ class RequestRecord:
 class EngineObserver(Protocol):
     def on_step(self, record: StepRecord) -> None: ...
 
+    def on_state(self, record: StateRecord) -> None: ...
+
     def on_token_gap(self, seconds: float) -> None:
         """Time between two tokens of one sequence (inter-token latency)."""
 
@@ -41,6 +49,9 @@ class EngineObserver(Protocol):
 
 class NullObserver:
     def on_step(self, record: StepRecord) -> None:
+        pass
+
+    def on_state(self, record: StateRecord) -> None:
         pass
 
     def on_token_gap(self, seconds: float) -> None:

@@ -15,7 +15,8 @@ from penstock.engine.model import ModelArgs
 from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
-from penstock.types import Message, Prompt, SamplingParams, TokenEvent
+from penstock.engine.sequence import Priority
+from penstock.types import Message, Prompt, RequestPriority, SamplingParams, TokenEvent
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -36,8 +37,10 @@ class ServedModel:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
 
-    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        return self.engine.generate(prompt, params)
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, priority: RequestPriority = "interactive"
+    ) -> AsyncIterator[TokenEvent]:
+        return self.engine.generate(prompt, params, Priority[priority.upper()])
 
     def close(self) -> None:
         self.engine.close()

@@ -24,6 +24,7 @@ def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, p
         caller=caller,
         stream=body.stream,
         include_usage=body.include_usage,
+        priority=body.priority,
     )
 
 
@@ -41,6 +42,7 @@ def text_request(body: CompletionRequest, request_id: str, caller: Caller) -> Ch
         stream=body.stream,
         include_usage=body.include_usage,
         raw_prompt=text,
+        priority=body.priority,
     )
 
 

@@ -51,6 +51,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
     stop_token_ids: list[int] = Field(default_factory=list)
+    priority: Literal["interactive", "batch"] = "interactive"  # Penstock's: batch jobs yield to people
 
     @field_validator("stop")
     @classmethod

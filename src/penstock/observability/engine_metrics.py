@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from penstock.engine.observer import RequestRecord, StepRecord
+from penstock.engine.observer import RequestRecord, StateRecord, StepRecord
 
 # Buckets for LLM latencies: a millisecond to a few minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -64,6 +64,8 @@ class EngineMetrics:
         self.preemptions.inc(record.preemptions)
         self.prefix_queried.inc(record.prefix_queried_tokens)
         self.prefix_hits.inc(record.prefix_hit_tokens)
+
+    def on_state(self, record: StateRecord) -> None:
         self.kv_usage.set(record.kv_usage)
         self.running.set(record.running)
         self.waiting.set(record.waiting)

@@ -1,0 +1,170 @@
+"""`penstock bench engine`: Penstock's LLMEngine against transformers' `generate`, same model, same thread.
+
+Three measurements on one seeded workload of real text: throughput with every request submitted at
+once, single-stream decode speed, and time to first token with and without a warm prefix cache.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from penstock.bench import engine_side, hf_baseline
+from penstock.bench.progress import NoProgress, Progress
+from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
+from penstock.engine.loader import LoadedModel, load_chat_model
+from penstock.engine.locator import locate_chat_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    quick: bool = False
+    requests: int | None = None  # None: the workload's own count (64, or 8 with quick)
+    seed: int = 0
+    kv_fraction: float = 1.0
+    dtype: str = "float32"
+    threads: int | None = None  # None: torch's default
+
+    @property
+    def spec(self) -> WorkloadSpec:
+        spec = QUICK if self.quick else FULL
+        return spec if self.requests is None else replace(spec, requests=self.requests)
+
+    @property
+    def command(self) -> str:
+        """The command line that reproduces this run."""
+        args = ["penstock", "bench", "engine", "--json", *(["--quick"] if self.quick else [])]
+        args += ["--requests", str(self.spec.requests), "--seed", str(self.seed)]
+        args += ["--kv-fraction", str(self.kv_fraction), "--dtype", self.dtype]
+        args += ["--threads", str(self.threads)] if self.threads is not None else []
+        return shlex.join(args)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBenchResult:
+    engine_tok_s: float
+    hf_tok_s: float
+    hf_best_batch: int
+    throughput_ratio: float
+    engine_single_tok_s: float
+    hf_single_tok_s: float
+    single_stream_ratio: float
+    prefix_cold_ttft_s: float
+    prefix_warm_ttft_s: float
+    prefix_ttft_speedup: float
+    preemptions: int
+    failed_requests: int
+    requests: int
+    requested_tokens: int
+    engine_output_tokens: int
+    engine_early_stops: int  # requests the model's eos ended before their length
+    hf_output_tokens: int
+    engine_wall_s: float
+    hf_wall_s: float
+    hf_tok_s_by_batch: dict[str, float]
+    kv_cache_tokens: int
+    kv_fraction: float
+    dtype: str
+    torch_threads: int
+    seed: int
+    model: str
+    command: str
+    peer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_engine_bench(options: BenchOptions, progress: Progress | None = None) -> EngineBenchResult:
+    """The whole benchmark, on this thread: load both models, then each side's three measurements."""
+    progress = progress or NoProgress()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    path = locate_chat_model(None)
+    progress.phase("loading models", 2)
+    loaded = load_chat_model(path, dtype=DTYPES[options.dtype])
+    progress.advance()
+    hf_model = hf_baseline.load_hf_model(path, DTYPES[options.dtype])
+    progress.advance()
+    workload = build_workload(options.spec, loaded.tokenizer, options.seed)
+    ours = _engine_side(loaded, workload, options.kv_fraction, progress)
+    peer = _hf_side(hf_model, workload, options.spec.hf_batches, loaded.tokenizer.eos_token_ids[0], progress)
+    return _result(options, loaded, workload, ours, peer)
+
+
+@dataclass(frozen=True, slots=True)
+class _EngineFigures:
+    run: engine_side.EngineRun
+    kv_tokens: int
+    single_tok_s: float
+    cold_ttft_s: float
+    warm_ttft_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _HFFigures:
+    runs: list[hf_baseline.HFRun]
+    single_tok_s: float
+
+
+def _engine_side(loaded: LoadedModel, workload: Workload, kv_fraction: float, progress: Progress) -> _EngineFigures:
+    kv_tokens = engine_side.kv_tokens_for(workload.throughput, kv_fraction)
+    engine = engine_side.new_engine(loaded, kv_tokens)
+    engine_side.run(engine, [workload.warmup])  # first calls allocate and spin up the thread pool
+    progress.phase("penstock, all requests at once", workload.requested_tokens)
+    throughput = engine_side.run(engine, workload.throughput, progress)
+    progress.phase("penstock, single stream and prefix cache", 1)
+    single = engine_side.single_stream_tok_s(loaded, workload.single)
+    cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed)
+    progress.advance()
+    return _EngineFigures(throughput, kv_tokens, single, cold, warm)
+
+
+def _hf_side(model: Any, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress) -> _HFFigures:
+    hf_baseline.generate(model, [workload.warmup], 2, eos)
+    runs = hf_baseline.best_run(model, workload.throughput, batches, eos, progress)
+    progress.phase("transformers, single stream", 1)
+    single = hf_baseline.single_stream_tok_s(model, workload.single, eos)
+    progress.advance()
+    return _HFFigures(runs, single)
+
+
+def _result(
+    options: BenchOptions, loaded: LoadedModel, workload: Workload, ours: _EngineFigures, peer: _HFFigures
+) -> EngineBenchResult:
+    best = peer.runs[0]
+    return EngineBenchResult(
+        engine_tok_s=ours.run.tok_s,
+        hf_tok_s=best.tok_s,
+        hf_best_batch=best.batch,
+        throughput_ratio=ours.run.tok_s / best.tok_s,
+        engine_single_tok_s=ours.single_tok_s,
+        hf_single_tok_s=peer.single_tok_s,
+        single_stream_ratio=ours.single_tok_s / peer.single_tok_s,
+        prefix_cold_ttft_s=ours.cold_ttft_s,
+        prefix_warm_ttft_s=ours.warm_ttft_s,
+        prefix_ttft_speedup=ours.cold_ttft_s / ours.warm_ttft_s,
+        preemptions=ours.run.preemptions,
+        failed_requests=ours.run.failed,
+        requests=len(workload.throughput),
+        requested_tokens=workload.requested_tokens,
+        engine_output_tokens=ours.run.output_tokens,
+        engine_early_stops=ours.run.early_stops,
+        hf_output_tokens=best.output_tokens,
+        engine_wall_s=ours.run.wall_s,
+        hf_wall_s=best.wall_s,
+        hf_tok_s_by_batch={str(r.batch): r.tok_s for r in sorted(peer.runs, key=lambda r: r.batch)},
+        kv_cache_tokens=ours.kv_tokens,
+        kv_fraction=options.kv_fraction,
+        dtype=options.dtype,
+        torch_threads=torch.get_num_threads(),
+        seed=options.seed,
+        model=loaded.name,
+        command=options.command,
+        peer=f"transformers {hf_baseline.transformers_version()} generate, static batches, left padding",
+    )

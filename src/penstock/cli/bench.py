@@ -1,0 +1,103 @@
+"""`penstock bench`: measure Penstock against a named peer and print the command that reproduces it."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from penstock.bench.engine import BenchOptions, EngineBenchResult, run_engine_bench
+from penstock.cli.options import err_console
+
+app = typer.Typer(help="Benchmarks: Penstock against a peer, on this machine.", no_args_is_help=True)
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@app.command("engine")
+def engine(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
+    quick: bool = typer.Option(False, "--quick", help="A small workload that runs in under a minute."),
+    requests: int | None = typer.Option(None, min=1, help="Requests in the throughput run (default 64; 8 with --quick)."),
+    seed: int = typer.Option(0, help="Seed of the workload."),
+    kv_fraction: float = typer.Option(1.0, min=0.0, help="KV cache as a fraction of what the workload needs."),
+    dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
+    threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
+) -> None:
+    """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
+    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads)
+    with BarProgress(err_console) as progress:
+        result = run_engine_bench(options, progress)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        Console().print(_table(result))
+        typer.echo(f"command: {result.command}\npeer:    {result.peer}")
+
+
+class BarProgress:
+    """The benchmark's phases as rich progress bars, one per phase."""
+
+    def __init__(self, console: Console) -> None:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self._bar = RichBar(*columns, console=console, refresh_per_second=2)
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> BarProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._complete()
+        self._bar.stop()
+
+    def phase(self, name: str, total: int) -> None:
+        self._complete()
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, amount)
+
+    def _complete(self) -> None:
+        """Fill the finished phase's bar: eos may have ended it short of its total."""
+        if self._task is not None:
+            self._bar.update(self._task, completed=self._bar.tasks[self._task].total)
+
+
+def _table(r: EngineBenchResult) -> Table:
+    table = Table(title=f"penstock bench engine: {r.model}, {r.dtype}, {r.torch_threads} torch threads")
+    for column in ("measure", "penstock", "transformers", "penstock / transformers"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        f"throughput, {r.requests} requests at once (tok/s)",
+        f"{r.engine_tok_s:.1f}",
+        f"{r.hf_tok_s:.1f} (batch {r.hf_best_batch})",
+        f"{r.throughput_ratio:.2f}x",
+    )
+    table.add_row(
+        "single-stream decode (tok/s)",
+        f"{r.engine_single_tok_s:.1f}",
+        f"{r.hf_single_tok_s:.1f}",
+        f"{r.single_stream_ratio:.2f}x",
+    )
+    table.add_row(
+        "shared-prefix TTFT, cold → warm (s)",
+        f"{r.prefix_cold_ttft_s:.3f} → {r.prefix_warm_ttft_s:.3f}",
+        "",
+        f"{r.prefix_ttft_speedup:.2f}x faster warm",
+    )
+    table.add_row(
+        "preemptions / failed / ended at eos", f"{r.preemptions} / {r.failed_requests} / {r.engine_early_stops}", "", ""
+    )
+    table.add_row("KV cache (tokens)", f"{r.kv_cache_tokens:,}", "", "")
+    return table
