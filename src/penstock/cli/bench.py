@@ -13,6 +13,7 @@ from rich.table import Table
 
 from penstock.bench.engine import BenchOptions, EngineBenchResult, run_engine_bench
 from penstock.cli.options import err_console
+from penstock.observability.logging import configure_logging
 
 app = typer.Typer(help="Benchmarks: Penstock against a peer, on this machine.", no_args_is_help=True)
 
@@ -27,13 +28,16 @@ class Dtype(StrEnum):
 def engine(
     json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
     quick: bool = typer.Option(False, "--quick", help="A small workload that runs in under a minute."),
-    requests: int | None = typer.Option(None, min=1, help="Requests in the throughput run (default 64; 8 with --quick)."),
+    requests: int | None = typer.Option(
+        None, min=1, help="Requests in the throughput run (default 64; 8 with --quick)."
+    ),
     seed: int = typer.Option(0, help="Seed of the workload."),
     kv_fraction: float = typer.Option(1.0, min=0.0, help="KV cache as a fraction of what the workload needs."),
     dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
+    configure_logging("warning")  # stderr, and quiet: stdout holds only the result
     options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads)
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)

@@ -33,12 +33,17 @@ Configure = Callable[[ModelArgs], EngineConfig]
 
 class AsyncEngine:
     def __init__(
-        self, load: Callable[[], LoadedModel], configure: Configure, observer: EngineObserver | None = None
+        self,
+        load: Callable[[], LoadedModel],
+        configure: Configure,
+        observer: EngineObserver | None = None,
+        *,
+        threads: int | None = None,
     ) -> None:
         """`configure` turns the loaded model's shape into the engine's configuration (KV cache size)."""
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         ready: Future[LLMEngine] = Future()
-        start = partial(self._main, load, configure, observer, ready)
+        start = partial(self._main, load, configure, observer, threads, ready)
         self._thread = threading.Thread(target=start, name="penstock-engine")
         self._thread.start()
         self.core = ready.result()
@@ -111,8 +116,11 @@ class AsyncEngine:
         load: Callable[[], LoadedModel],
         configure: Configure,
         observer: EngineObserver | None,
+        threads: int | None,
         ready: Future[LLMEngine],
     ) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         try:
             loaded = load()
             core = LLMEngine(loaded, configure(loaded.args), observer)

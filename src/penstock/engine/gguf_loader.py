@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader, ReaderTensor, TokenType
+from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor, TokenType
 from gguf.quants import dequantize
 
 from penstock.engine.chat_template import ChatTemplate
@@ -59,6 +59,13 @@ class GGUFMetadata:
         """Length of an array field, without decoding its items."""
         field = self._reader.get_field(key)
         return len(field.data) if field is not None else 0
+
+
+def has_4bit_layers(path: Path) -> bool:
+    """Whether the file's attention weights are Q4_0/Q4_1 (groups of 32), which int4 kernels hold as is."""
+    reader = GGUFReader(path)
+    kinds = {t.tensor_type for t in reader.tensors if t.name.endswith("attn_q.weight")}
+    return bool(kinds) and kinds <= {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
 
 
 def read_gguf(path: Path, *, dtype: torch.dtype = torch.float32) -> Checkpoint:

@@ -11,6 +11,7 @@ from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.checkpoint import Checkpoint
 from penstock.engine.gguf_loader import read_gguf
 from penstock.engine.model import ModelArgs, Transformer
+from penstock.engine.quant import quantize_layers
 from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
@@ -34,8 +35,9 @@ class LoadedModel:
 
 
 def load_chat_model(
-    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", int4: bool = False
 ) -> LoadedModel:
+    """The model ready to run; `int4` adds weight-only int4 kernels for few-row calls (CPU only)."""
     if path.is_file() and path.suffix == ".gguf":
         checkpoint, name = read_gguf(path, dtype=dtype), path.stem
     elif path.is_dir():
@@ -43,6 +45,8 @@ def load_chat_model(
     else:
         raise ConfigError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
     model = build_transformer(checkpoint, device)
+    if int4 and torch.device(device).type == "cpu":
+        quantize_layers(model)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from penstock.config import DeploymentConfig, EngineSettings
 from penstock.engine.async_engine import AsyncEngine
+from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig
+from penstock.engine.loader import load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
 from penstock.engine.observer import EngineObserver
@@ -46,6 +49,12 @@ class ServedModel:
         self.engine.close()
 
 
+def use_int4(weights: str, path: Path) -> bool:
+    if weights == "auto":
+        return path.suffix == ".gguf" and has_4bit_layers(path)
+    return weights == "int4"
+
+
 def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
@@ -69,5 +78,6 @@ def load_served_models(
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
         configure = partial(engine_config, deployment.engine, dtype)
         observer = observe(deployment.name) if observe else None
-        served[deployment.name] = ServedModel(AsyncEngine.load(path, configure, dtype=dtype, observer=observer))
+        load = partial(load_chat_model, path, dtype=dtype, int4=use_int4(deployment.weights, path))
+        served[deployment.name] = ServedModel(AsyncEngine(load, configure, observer, threads=deployment.engine.threads))
     return served

@@ -1,0 +1,55 @@
+"""`penstock bench engine` as a command: its options reach the benchmark, stdout holds only the result."""
+
+import json
+from dataclasses import fields, replace
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from penstock.bench.engine import BenchOptions, EngineBenchResult
+from penstock.bench.progress import Progress
+from penstock.cli import bench
+
+FILLER = {"float": 1.0, "int": 1, "str": "transformers x", "dict[str, float]": {"8": 1.0}}
+CANNED = EngineBenchResult(**{f.name: FILLER[str(f.type)] for f in fields(EngineBenchResult)})
+
+
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> list[BenchOptions]:
+    calls: list[BenchOptions] = []
+
+    def fake(options: BenchOptions, progress: Progress) -> EngineBenchResult:
+        calls.append(options)
+        progress.phase("working", 2)
+        progress.advance(2)
+        return replace(CANNED, command=options.command)
+
+    monkeypatch.setattr(bench, "run_engine_bench", fake)
+    return calls
+
+
+def penstock() -> typer.Typer:
+    app = typer.Typer()
+    app.command("doctor")(lambda: None)  # two commands, as in main.py, so `bench` stays a group
+    app.add_typer(bench.app, name="bench")
+    return app
+
+
+def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
+    args = ["bench", "engine", "--json", "--quick", "--requests", "4", "--seed", "7", "--kv-fraction", "0.25"]
+    result = CliRunner().invoke(penstock(), args)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert seen == [BenchOptions(quick=True, requests=4, seed=7, kv_fraction=0.25)]
+    assert (
+        figures["command"]
+        == "penstock bench engine --json --quick --requests 4 --seed 7 --kv-fraction 0.25 --dtype float32"
+    )
+
+
+def test_the_table_names_the_command_and_the_peer(seen: list[BenchOptions]) -> None:
+    result = CliRunner().invoke(penstock(), ["bench", "engine", "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].dtype == "bfloat16" and "throughput" in result.stdout
+    assert "command: penstock bench engine" in result.stdout and "peer:    transformers" in result.stdout

@@ -1,0 +1,44 @@
+"""The whole quick benchmark, in process, with a KV cache far too small for its workload."""
+
+import json
+
+import pytest
+
+from penstock.bench.engine import BenchOptions, EngineBenchResult, run_engine_bench
+
+REQUIRED = (
+    *("engine_tok_s", "hf_tok_s", "hf_best_batch", "throughput_ratio"),
+    *("engine_single_tok_s", "hf_single_tok_s", "single_stream_ratio"),
+    *("prefix_cold_ttft_s", "prefix_warm_ttft_s", "prefix_ttft_speedup"),
+    *("preemptions", "failed_requests", "requests", "dtype", "kv_cache_tokens", "command", "peer"),
+)
+OPTIONS = BenchOptions(quick=True, kv_fraction=0.05)
+
+
+@pytest.fixture(scope="module")
+def result() -> EngineBenchResult:
+    return run_engine_bench(OPTIONS)
+
+
+def test_the_result_has_every_figure_and_is_json(result: EngineBenchResult) -> None:
+    figures = json.loads(json.dumps(result.to_dict()))
+    assert set(REQUIRED) <= set(figures)
+    assert all(figures[k] > 0 for k in REQUIRED if k.endswith(("_tok_s", "_ttft_s", "_ratio", "_speedup")))
+
+
+def test_a_small_cache_preempts_and_fails_nothing(result: EngineBenchResult) -> None:
+    assert result.preemptions > 0 and result.failed_requests == 0
+
+
+def test_the_counts_agree(result: EngineBenchResult) -> None:
+    assert result.requests == 8 and result.hf_output_tokens == result.requested_tokens
+    assert result.engine_output_tokens <= result.requested_tokens
+    assert (result.engine_output_tokens == result.requested_tokens) == (result.engine_early_stops == 0)
+    assert result.throughput_ratio == pytest.approx(result.engine_tok_s / result.hf_tok_s)
+    assert result.hf_tok_s == max(result.hf_tok_s_by_batch.values())
+
+
+def test_the_command_reproduces_the_run(result: EngineBenchResult) -> None:
+    assert result.command == OPTIONS.command
+    assert "--quick" in result.command and "--kv-fraction 0.05" in result.command
+    assert result.peer.startswith("transformers ") and result.dtype == "float32"
