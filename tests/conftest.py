@@ -34,6 +34,16 @@ from penstock.store.redis import connect_redis
 from penstock.store.urls import with_database
 from tests.helpers import free_port, scratch_database
 
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub() -> Iterator[None]:
+    # transformers must never reach a hub from these tests; it reads this when first imported.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
+
+
 # --- The model -----------------------------------------------------------------------------------
 
 

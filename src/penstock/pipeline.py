@@ -27,7 +27,9 @@ from penstock.types import (
 )
 
 
-class ServedModel(ChatFormat, Protocol):
+class Model(ChatFormat, Protocol):
+    """What the pipeline needs from a deployment."""
+
     def generate(
         self, prompt: Prompt, params: SamplingParams, priority: RequestPriority
     ) -> AsyncIterator[TokenEvent]: ...
@@ -41,7 +43,7 @@ class Prepared:
 
 
 class Pipeline:
-    def __init__(self, router: Router, builder: ContextBuilder, models: Mapping[str, ServedModel]) -> None:
+    def __init__(self, router: Router, builder: ContextBuilder, models: Mapping[str, Model]) -> None:
         self._router = router
         self._builder = builder
         self._models = models

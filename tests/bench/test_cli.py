@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from penstock.bench.engine import BenchOptions, EngineBenchResult
 from penstock.bench.progress import Progress
-from penstock.cli import bench
+from penstock.cli import bench, main
 
 FILLER = {"float": 1.0, "int": 1, "str": "transformers x", "dict[str, float]": {"8": 1.0}}
 CANNED = EngineBenchResult(**{f.name: FILLER[str(f.type)] for f in fields(EngineBenchResult)})
@@ -30,10 +30,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[BenchOptions]:
 
 
 def penstock() -> typer.Typer:
-    app = typer.Typer()
-    app.command("doctor")(lambda: None)  # two commands, as in main.py, so `bench` stays a group
-    app.add_typer(bench.app, name="bench")
-    return app
+    return main.app
 
 
 def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
@@ -45,6 +42,7 @@ def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
     assert (
         figures["command"]
         == "penstock bench engine --json --quick --requests 4 --seed 7 --kv-fraction 0.25 --dtype float32"
+        " --weights auto"
     )
 
 

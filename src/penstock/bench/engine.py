@@ -6,6 +6,7 @@ once, single-stream decode speed, and time to first token with and without a war
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -17,6 +18,7 @@ from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.locator import locate_chat_model
+from penstock.engine.served import use_int4
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +31,7 @@ class BenchOptions:
     kv_fraction: float = 1.0
     dtype: str = "float32"
     threads: int | None = None  # None: torch's default
+    weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -42,6 +45,7 @@ class BenchOptions:
         args += ["--requests", str(self.spec.requests), "--seed", str(self.seed)]
         args += ["--kv-fraction", str(self.kv_fraction), "--dtype", self.dtype]
         args += ["--threads", str(self.threads)] if self.threads is not None else []
+        args += ["--weights", self.weights]
         return shlex.join(args)
 
 
@@ -67,9 +71,11 @@ class EngineBenchResult:
     engine_wall_s: float
     hf_wall_s: float
     hf_tok_s_by_batch: dict[str, float]
+    load_avg_1m: dict[str, float]  # the machine's load when each throughput run ended: others' work skews both
     kv_cache_tokens: int
     kv_fraction: float
     dtype: str
+    weights: str
     torch_threads: int
     seed: int
     model: str
@@ -87,7 +93,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
         torch.set_num_threads(options.threads)
     path = locate_chat_model(None)
     progress.phase("loading models", 2)
-    loaded = load_chat_model(path, dtype=DTYPES[options.dtype])
+    loaded = load_chat_model(path, dtype=DTYPES[options.dtype], int4=use_int4(options.weights, path))
     progress.advance()
     hf_model = hf_baseline.load_hf_model(path, DTYPES[options.dtype])
     progress.advance()
@@ -101,6 +107,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
 class _EngineFigures:
     run: engine_side.EngineRun
     kv_tokens: int
+    load_1m: float
     single_tok_s: float
     cold_ttft_s: float
     warm_ttft_s: float
@@ -109,6 +116,7 @@ class _EngineFigures:
 @dataclass(frozen=True, slots=True)
 class _HFFigures:
     runs: list[hf_baseline.HFRun]
+    load_1m: float
     single_tok_s: float
 
 
@@ -118,20 +126,22 @@ def _engine_side(loaded: LoadedModel, workload: Workload, kv_fraction: float, pr
     engine_side.run(engine, [workload.warmup])  # first calls allocate and spin up the thread pool
     progress.phase("penstock, all requests at once", workload.requested_tokens)
     throughput = engine_side.run(engine, workload.throughput, progress)
+    load_1m = os.getloadavg()[0]
     progress.phase("penstock, single stream and prefix cache", 1)
     single = engine_side.single_stream_tok_s(loaded, workload.single)
     cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed)
     progress.advance()
-    return _EngineFigures(throughput, kv_tokens, single, cold, warm)
+    return _EngineFigures(throughput, kv_tokens, load_1m, single, cold, warm)
 
 
 def _hf_side(model: Any, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress) -> _HFFigures:
     hf_baseline.generate(model, [workload.warmup], 2, eos)
     runs = hf_baseline.best_run(model, workload.throughput, batches, eos, progress)
+    load_1m = os.getloadavg()[0]
     progress.phase("transformers, single stream", 1)
     single = hf_baseline.single_stream_tok_s(model, workload.single, eos)
     progress.advance()
-    return _HFFigures(runs, single)
+    return _HFFigures(runs, load_1m, single)
 
 
 def _result(
@@ -159,9 +169,11 @@ def _result(
         engine_wall_s=ours.run.wall_s,
         hf_wall_s=best.wall_s,
         hf_tok_s_by_batch={str(r.batch): r.tok_s for r in sorted(peer.runs, key=lambda r: r.batch)},
+        load_avg_1m={"engine": ours.load_1m, "hf": peer.load_1m},
         kv_cache_tokens=ours.kv_tokens,
         kv_fraction=options.kv_fraction,
         dtype=options.dtype,
+        weights=options.weights,
         torch_threads=torch.get_num_threads(),
         seed=options.seed,
         model=loaded.name,

@@ -18,6 +18,12 @@ from penstock.observability.logging import configure_logging
 app = typer.Typer(help="Benchmarks: Penstock against a peer, on this machine.", no_args_is_help=True)
 
 
+class Weights(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    int4 = "int4"
+
+
 class Dtype(StrEnum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -35,10 +41,13 @@ def engine(
     kv_fraction: float = typer.Option(1.0, min=0.0, help="KV cache as a fraction of what the workload needs."),
     dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
+    weights: Weights = typer.Option(
+        Weights.auto, help="Engine weights as a deployment sets them; auto is int4 for a 4-bit GGUF (the peer: fp32)."
+    ),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
     configure_logging("warning")  # stderr, and quiet: stdout holds only the result
-    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads)
+    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads, weights.value)
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)
     if json_output:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from penstock.cli import chat, config_cmd, doctor, serve
+from penstock.cli import bench, chat, config_cmd, doctor, serve
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
 app.command("serve")(serve.serve)
@@ -12,6 +12,7 @@ app.command("worker")(serve.worker)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(bench.app, name="bench")
 
 if __name__ == "__main__":
     app()

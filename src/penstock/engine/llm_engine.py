@@ -89,6 +89,7 @@ class LLMEngine:
             tokens=num_blocks * config.block_size,
             bytes=num_blocks * config.block_size * per_token,
             max_concurrent_seqs=config.scheduler.max_num_seqs,
+            full_context_seqs=num_blocks * config.block_size // loaded.args.max_seq_len,
         )
 
     def add(self, seq: Sequence, sink: Sink) -> None:
