@@ -32,6 +32,7 @@ class BenchOptions:
     dtype: str = "float32"
     threads: int | None = None  # None: torch's default
     weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
+    kv_dtype: str = "bfloat16"  # the engine's KV cache, as a deployment's "auto" sets it
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -45,7 +46,7 @@ class BenchOptions:
         args += ["--requests", str(self.spec.requests), "--seed", str(self.seed)]
         args += ["--kv-fraction", str(self.kv_fraction), "--dtype", self.dtype]
         args += ["--threads", str(self.threads)] if self.threads is not None else []
-        args += ["--weights", self.weights]
+        args += ["--weights", self.weights, "--kv-dtype", self.kv_dtype]
         return shlex.join(args)
 
 
@@ -76,6 +77,7 @@ class EngineBenchResult:
     kv_fraction: float
     dtype: str
     weights: str
+    kv_dtype: str
     torch_threads: int
     seed: int
     model: str
@@ -98,7 +100,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
     hf_model = hf_baseline.load_hf_model(path, DTYPES[options.dtype])
     progress.advance()
     workload = build_workload(options.spec, loaded.tokenizer, options.seed)
-    ours = _engine_side(loaded, workload, options.kv_fraction, progress)
+    ours = _engine_side(loaded, workload, options, progress)
     peer = _hf_side(hf_model, workload, options.spec.hf_batches, loaded.tokenizer.eos_token_ids[0], progress)
     return _result(options, loaded, workload, ours, peer)
 
@@ -120,16 +122,17 @@ class _HFFigures:
     single_tok_s: float
 
 
-def _engine_side(loaded: LoadedModel, workload: Workload, kv_fraction: float, progress: Progress) -> _EngineFigures:
-    kv_tokens = engine_side.kv_tokens_for(workload.throughput, kv_fraction)
-    engine = engine_side.new_engine(loaded, kv_tokens)
+def _engine_side(loaded: LoadedModel, workload: Workload, options: BenchOptions, progress: Progress) -> _EngineFigures:
+    kv_dtype = DTYPES[options.kv_dtype]
+    kv_tokens = engine_side.kv_tokens_for(workload.throughput, options.kv_fraction)
+    engine = engine_side.new_engine(loaded, kv_tokens, kv_dtype)
     engine_side.run(engine, [workload.warmup])  # first calls allocate and spin up the thread pool
     progress.phase("penstock, all requests at once", workload.requested_tokens)
     throughput = engine_side.run(engine, workload.throughput, progress)
     load_1m = os.getloadavg()[0]
     progress.phase("penstock, single stream and prefix cache", 1)
-    single = engine_side.single_stream_tok_s(loaded, workload.single)
-    cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed)
+    single = engine_side.single_stream_tok_s(loaded, workload.single, kv_dtype)
+    cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed, kv_dtype)
     progress.advance()
     return _EngineFigures(throughput, kv_tokens, load_1m, single, cold, warm)
 
@@ -174,6 +177,7 @@ def _result(
         kv_fraction=options.kv_fraction,
         dtype=options.dtype,
         weights=options.weights,
+        kv_dtype=options.kv_dtype,
         torch_threads=torch.get_num_threads(),
         seed=options.seed,
         model=loaded.name,

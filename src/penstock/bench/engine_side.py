@@ -11,6 +11,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import structlog
+import torch
 
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import BenchRequest
@@ -98,8 +99,8 @@ def kv_tokens_for(requests: Seq[BenchRequest], fraction: float = 1.0) -> int:
     return max(round(fraction * sum(blocks)), max(blocks)) * BLOCK_SIZE
 
 
-def new_engine(loaded: LoadedModel, kv_tokens: int) -> LLMEngine:
-    return LLMEngine(loaded, EngineConfig(block_size=BLOCK_SIZE, kv_cache_tokens=kv_tokens))
+def new_engine(loaded: LoadedModel, kv_tokens: int, kv_dtype: torch.dtype | None = None) -> LLMEngine:
+    return LLMEngine(loaded, EngineConfig(block_size=BLOCK_SIZE, kv_cache_tokens=kv_tokens, kv_dtype=kv_dtype))
 
 
 def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | None = None) -> EngineRun:
@@ -115,16 +116,18 @@ def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | Non
     return EngineRun(trackers, wall_s, stats.preemptions - before, stats.prefix_hit_rate)
 
 
-def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest) -> float:
+def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest, kv_dtype: torch.dtype | None = None) -> float:
     """Decode tokens per second of one request alone, time to first token excluded."""
-    return run(new_engine(loaded, kv_tokens_for([request])), [request]).trackers[0].decode_tok_s
+    return run(new_engine(loaded, kv_tokens_for([request]), kv_dtype), [request]).trackers[0].decode_tok_s
 
 
-def prefix_ttft_s(loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest]) -> tuple[float, float]:
+def prefix_ttft_s(
+    loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest], kv_dtype: torch.dtype | None = None
+) -> tuple[float, float]:
     """Mean time to first token of the prefixed requests: on an empty prefix cache, then on a warm one."""
     kv_tokens = kv_tokens_for([warmup, *prefixed])
-    cold = run(new_engine(loaded, kv_tokens), prefixed).mean_ttft_s
-    engine = new_engine(loaded, kv_tokens)
+    cold = run(new_engine(loaded, kv_tokens, kv_dtype), prefixed).mean_ttft_s
+    engine = new_engine(loaded, kv_tokens, kv_dtype)
     run(engine, [warmup])
     return cold, run(engine, prefixed).mean_ttft_s
 

@@ -41,13 +41,14 @@ def engine(
     kv_fraction: float = typer.Option(1.0, min=0.0, help="KV cache as a fraction of what the workload needs."),
     dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
+    kv_dtype: Dtype = typer.Option(Dtype.bfloat16, help="Engine KV cache dtype (deployments' auto: bfloat16)."),
     weights: Weights = typer.Option(
         Weights.auto, help="Engine weights as a deployment sets them; auto is int4 for a 4-bit GGUF (the peer: fp32)."
     ),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
     configure_logging("warning")  # stderr, and quiet: stdout holds only the result
-    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads, weights.value)
+    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads, weights.value, kv_dtype.value)
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)
     if json_output:

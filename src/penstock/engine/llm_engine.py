@@ -33,6 +33,7 @@ Sink = Callable[[TokenEvent | Exception], None]
 class EngineConfig:
     block_size: int = 16
     kv_cache_tokens: int = 32_768
+    kv_dtype: torch.dtype | None = None  # None: the model's dtype
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -77,17 +78,19 @@ class LLMEngine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig, observer: EngineObserver | None = None) -> None:
         self.observer = observer or NullObserver()
         num_blocks = config.kv_cache_tokens // config.block_size
-        self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=loaded.dtype, device=loaded.device)
+        kv_dtype = config.kv_dtype or loaded.dtype
+        self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=kv_dtype, device=loaded.device)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         self.runner = ModelRunner(loaded, self.cache)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
-        per_token = PagedKVCache.bytes_per_token(loaded.args, loaded.dtype)
+        per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)
         log.info(
             "kv_cache",
             tokens=num_blocks * config.block_size,
             bytes=num_blocks * config.block_size * per_token,
+            dtype=str(kv_dtype).removeprefix("torch."),
             max_concurrent_seqs=config.scheduler.max_num_seqs,
             full_context_seqs=num_blocks * config.block_size // loaded.args.max_seq_len,
         )

@@ -56,12 +56,14 @@ def use_int4(weights: str, path: Path) -> bool:
 
 
 def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
+    kv_dtype = torch.bfloat16 if settings.kv_cache_dtype == "auto" else DTYPES[settings.kv_cache_dtype]
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
-        tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, dtype)
+        tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, kv_dtype)
     return EngineConfig(
         block_size=settings.block_size,
         kv_cache_tokens=tokens,
+        kv_dtype=kv_dtype,
         scheduler=SchedulerConfig(max_num_seqs=settings.max_num_seqs, max_batched_tokens=settings.max_batched_tokens),
     )
 
