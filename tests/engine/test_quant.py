@@ -4,7 +4,13 @@ import torch
 from torch import nn
 
 from penstock.engine.gguf_loader import has_4bit_layers
-from penstock.engine.quant import FEW_ROWS, GROUP, HybridInt4Linear, quantize_layers
+from penstock.engine.llm_engine import EngineConfig, LLMEngine
+from penstock.engine.loader import load_chat_model
+from penstock.engine.quant import FEW_ROWS, GROUP, HybridInt4Linear, HybridInt8Linear, quantize_layers
+from penstock.engine.sampler import request_rng
+from penstock.engine.scheduler import SchedulerConfig
+from penstock.engine.sequence import Sequence
+from penstock.types import SamplingParams, TokenEvent
 
 
 def four_bit_linear(out_features: int = 64, in_features: int = 128) -> nn.Linear:
@@ -37,7 +43,29 @@ def test_many_rows_use_the_exact_fp32_weights() -> None:
     assert torch.equal(HybridInt4Linear(linear)(x), linear(x))
 
 
-def test_quantize_layers_leaves_the_tied_head_alone() -> None:
+def test_int8_head_ranks_like_fp32_on_few_rows_and_is_exact_on_many() -> None:
+    gen = torch.Generator().manual_seed(3)
+    head = nn.Linear(128, 1000, bias=False)
+    head.weight.data = torch.randn(1000, 128, generator=gen) * 0.05
+    hybrid = HybridInt8Linear(head)
+    assert hybrid.weight is head.weight  # shared, as a tied embedding stays shared
+    x = torch.randn(2, 128, generator=gen)
+    got = hybrid(x)
+    assert not torch.equal(got, head(x))  # it really took the int8 path
+    assert torch.equal(got.argmax(-1), head(x).argmax(-1))
+    assert torch.allclose(got, head(x), atol=0.02)
+    many = torch.randn(FEW_ROWS, 128, generator=gen)
+    assert torch.equal(hybrid(many), head(many))
+
+
+def test_no_rows_give_no_rows() -> None:
+    """A step whose chunks sample nothing asks the head for logits of zero rows."""
+    head = nn.Linear(128, 50, bias=False)
+    assert HybridInt8Linear(head)(torch.empty(1, 0, 128)).shape == (1, 0, 50)
+    assert HybridInt4Linear(four_bit_linear())(torch.empty(0, 128)).shape == (0, 64)
+
+
+def test_quantize_layers_swaps_block_linears_for_int4_and_the_head_for_int8() -> None:
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -50,11 +78,25 @@ def test_quantize_layers_leaves_the_tied_head_alone() -> None:
     model = nn.Module()
     model.layers = nn.ModuleList([Block()])
     model.output = nn.Linear(64, 10)
-    assert quantize_layers(model) == 2
+    assert quantize_layers(model) == 3
     assert isinstance(model.layers[0].attention.wq, HybridInt4Linear)
     assert isinstance(model.layers[0].feed_forward.odd, nn.Linear)
-    assert isinstance(model.output, nn.Linear)
+    assert isinstance(model.output, HybridInt8Linear)
 
 
 def test_the_shipped_gguf_is_4bit(gguf_path: Path) -> None:
     assert has_4bit_layers(gguf_path)
+
+
+def test_a_quantized_engine_serves_a_prompt_prefilled_in_chunks(gguf_path: Path) -> None:
+    """Chunks before a prompt's last sample nothing: the quantized head must take zero rows."""
+    loaded = load_chat_model(gguf_path, quantize="on")
+    scheduler = SchedulerConfig(max_num_seqs=4, max_batched_tokens=32)
+    engine = LLMEngine(loaded, EngineConfig(block_size=16, kv_cache_tokens=512, scheduler=scheduler))
+    events: list[object] = []
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    engine.add(Sequence(list(range(100, 200)), params, max_tokens=4, rng=request_rng(None, "cpu")), events.append)
+    while engine.has_work():
+        engine.step()
+    assert not [e for e in events if isinstance(e, Exception)]
+    assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) == 4

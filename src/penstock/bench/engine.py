@@ -18,9 +18,8 @@ from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.locator import locate_chat_model
-from penstock.engine.served import use_int4
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from penstock.engine.quant import HybridInt4Linear
+from penstock.engine.served import DTYPES, choose_kv_dtype, quantization
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,7 @@ class BenchOptions:
     dtype: str = "float32"
     threads: int | None = None  # None: torch's default
     weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
-    kv_dtype: str = "bfloat16"  # the engine's KV cache, as a deployment's "auto" sets it
+    kv_dtype: str = "auto"  # the engine's KV cache, as a deployment sets it (auto: the faster, measured)
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -77,7 +76,8 @@ class EngineBenchResult:
     kv_fraction: float
     dtype: str
     weights: str
-    kv_dtype: str
+    quantized: bool  # what `weights` came to: the hybrid quantized kernels in use
+    kv_dtype: str  # what the KV cache dtype setting came to
     torch_threads: int
     seed: int
     model: str
@@ -95,7 +95,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
         torch.set_num_threads(options.threads)
     path = locate_chat_model(None)
     progress.phase("loading models", 2)
-    loaded = load_chat_model(path, dtype=DTYPES[options.dtype], int4=use_int4(options.weights, path))
+    loaded = load_chat_model(path, dtype=DTYPES[options.dtype], quantize=quantization(options.weights, path))
     progress.advance()
     hf_model = hf_baseline.load_hf_model(path, DTYPES[options.dtype])
     progress.advance()
@@ -109,6 +109,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
 class _EngineFigures:
     run: engine_side.EngineRun
     kv_tokens: int
+    kv_dtype: torch.dtype
     load_1m: float
     single_tok_s: float
     cold_ttft_s: float
@@ -123,7 +124,7 @@ class _HFFigures:
 
 
 def _engine_side(loaded: LoadedModel, workload: Workload, options: BenchOptions, progress: Progress) -> _EngineFigures:
-    kv_dtype = DTYPES[options.kv_dtype]
+    kv_dtype = choose_kv_dtype(options.kv_dtype, loaded.args)
     kv_tokens = engine_side.kv_tokens_for(workload.throughput, options.kv_fraction)
     engine = engine_side.new_engine(loaded, kv_tokens, kv_dtype)
     engine_side.run(engine, [workload.warmup])  # first calls allocate and spin up the thread pool
@@ -134,7 +135,7 @@ def _engine_side(loaded: LoadedModel, workload: Workload, options: BenchOptions,
     single = engine_side.single_stream_tok_s(loaded, workload.single, kv_dtype)
     cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed, kv_dtype)
     progress.advance()
-    return _EngineFigures(throughput, kv_tokens, load_1m, single, cold, warm)
+    return _EngineFigures(throughput, kv_tokens, kv_dtype, load_1m, single, cold, warm)
 
 
 def _hf_side(model: Any, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress) -> _HFFigures:
@@ -177,7 +178,8 @@ def _result(
         kv_fraction=options.kv_fraction,
         dtype=options.dtype,
         weights=options.weights,
-        kv_dtype=options.kv_dtype,
+        quantized=any(isinstance(m, HybridInt4Linear) for m in loaded.model.modules()),
+        kv_dtype=str(ours.kv_dtype).removeprefix("torch."),
         torch_threads=torch.get_num_threads(),
         seed=options.seed,
         model=loaded.name,

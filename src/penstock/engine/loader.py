@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.checkpoint import Checkpoint
 from penstock.engine.gguf_loader import read_gguf
-from penstock.engine.model import ModelArgs, Transformer
+from penstock.engine.kernel_choice import quantize_if_faster
+from penstock.engine.model import ModelArgs, Transformer, fuse_projections
 from penstock.engine.quant import quantize_layers
 from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
+
+Quantize = Literal["off", "on", "measure"]  # measure: quantize where it times faster on this CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +39,9 @@ class LoadedModel:
 
 
 def load_chat_model(
-    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", int4: bool = False
+    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", quantize: Quantize = "off"
 ) -> LoadedModel:
-    """The model ready to run; `int4` adds weight-only int4 kernels for few-row calls (CPU only)."""
+    """The model ready to run; `quantize` adds weight-only quantized kernels for few-row calls (CPU only)."""
     if path.is_file() and path.suffix == ".gguf":
         checkpoint, name = read_gguf(path, dtype=dtype), path.stem
     elif path.is_dir():
@@ -45,8 +49,11 @@ def load_chat_model(
     else:
         raise ConfigError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
     model = build_transformer(checkpoint, device)
-    if int4 and torch.device(device).type == "cpu":
-        quantize_layers(model)
+    if torch.device(device).type == "cpu":
+        if quantize == "on":
+            quantize_layers(model)
+        elif quantize == "measure":
+            quantize_if_faster(model)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
 
 
@@ -55,7 +62,8 @@ def build_transformer(checkpoint: Checkpoint, device: torch.device | str) -> Tra
     # Built on the meta device so no memory goes to random weights that are replaced at once.
     with torch.device("meta"):
         model = Transformer(checkpoint.args)
-    weights = {name: w.to(device) for name, w in checkpoint.state_dict.items()}
+    fused = fuse_projections(checkpoint.state_dict, checkpoint.args.n_layers)
+    weights = {name: w.to(device) for name, w in fused.items()}
     result = model.load_state_dict(weights, strict=False, assign=True)
     if checkpoint.args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight

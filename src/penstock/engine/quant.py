@@ -1,9 +1,12 @@
-"""Weight-only int4 linear layers for the CPU, used where they are measured to win.
+"""Weight-only quantized linear layers for the CPU, used where they are measured to win.
 
-The int4 kernel (groups of 32, bf16 activations) reads a quarter of fp32's bytes and wins when a
-forward has few rows (single-stream decode); fp32 MKL wins from about 16 rows up (batched decode,
-prefill). HybridInt4Linear keeps both and picks per call. For a GGUF whose weights are Q4_0/Q4_1
-(groups of 32) the int4 copy holds the same 4-bit grid, so little is lost beyond bf16 rounding.
+A forward with few rows (single-stream decode) is bound by reading the weights, so the int4
+kernel (groups of 32, bf16 activations; an eighth of fp32's bytes) wins there, while fp32 MKL wins
+from about 16 rows up (batched decode, prefill). The hybrid layers keep both and pick per call.
+For a GGUF whose weights are Q4_0/Q4_1 (groups of 32) the int4 copy holds the same 4-bit grid, so
+little is lost beyond bf16 rounding. The output head, which picks the token, gets per-channel
+int8 instead: a quarter of fp32's bytes, with ranking errors far rarer than 4 bits would make.
+Whether any of this wins depends on the CPU's kernels: kernel_choice measures it at load.
 """
 
 from __future__ import annotations
@@ -26,10 +29,30 @@ class HybridInt4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows >= FEW_ROWS:
+        if not 0 < rows < FEW_ROWS:  # no rows (a prefill chunk that samples nothing) is fp32's too
             return F.linear(x, self.weight)
         flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
+        return y.view(*x.shape[:-1], -1).to(x.dtype)
+
+
+class HybridInt8Linear(nn.Module):
+    """Per-output-channel int8 weights for few-row calls; the fp32 weight (shared when tied) for the rest."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight
+        weight = linear.weight.detach().float()
+        scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
+        self.register_buffer("int8", torch.round(weight / scales[:, None]).to(torch.int8), persistent=False)
+        self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        if not 0 < rows < FEW_ROWS:  # no rows (a prefill chunk that samples nothing) is fp32's too
+            return F.linear(x, self.weight)
+        flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(flat, self.int8, self.scales)
         return y.view(*x.shape[:-1], -1).to(x.dtype)
 
 
@@ -46,13 +69,28 @@ def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
     return packed, scales_zeros
 
 
-def quantize_layers(model: nn.Module) -> int:
-    """Swap the transformer blocks' linear layers (not the tied output head) for hybrid int4 ones."""
-    swapped = 0
+Swap = tuple[nn.Module, str, nn.Module]  # (parent, attribute, replacement)
+
+
+def hybrid_swaps(model: nn.Module) -> list[Swap]:
+    """The blocks' linear layers as int4 hybrids and the output head as an int8 one, not yet swapped in."""
+    swaps: list[Swap] = []
     for block in model.layers:
         for parent in (block.attention, block.feed_forward):
-            for name, child in list(parent.named_children()):
+            for name, child in parent.named_children():
                 if isinstance(child, nn.Linear) and child.in_features % GROUP == 0:
-                    setattr(parent, name, HybridInt4Linear(child))
-                    swapped += 1
-    return swapped
+                    swaps.append((parent, name, HybridInt4Linear(child)))
+    if isinstance(model.output, nn.Linear):
+        swaps.append((model, "output", HybridInt8Linear(model.output)))
+    return swaps
+
+
+def apply_swaps(swaps: list[Swap]) -> int:
+    for parent, name, replacement in swaps:
+        setattr(parent, name, replacement)
+    return len(swaps)
+
+
+def quantize_layers(model: nn.Module) -> int:
+    """Swap in the hybrid layers; the number swapped."""
+    return apply_swaps(hybrid_swaps(model))

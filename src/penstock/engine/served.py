@@ -11,8 +11,9 @@ import torch
 from penstock.config import DeploymentConfig, EngineSettings
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.gguf_loader import has_4bit_layers
+from penstock.engine.kernel_choice import fastest_kv_dtype
 from penstock.engine.llm_engine import EngineConfig
-from penstock.engine.loader import load_chat_model
+from penstock.engine.loader import Quantize, load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
 from penstock.engine.observer import EngineObserver
@@ -21,7 +22,7 @@ from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Priority
 from penstock.types import Message, Prompt, RequestPriority, SamplingParams, TokenEvent
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ServedModel:
@@ -49,14 +50,19 @@ class ServedModel:
         self.engine.close()
 
 
-def use_int4(weights: str, path: Path) -> bool:
+def quantization(weights: str, path: Path) -> Quantize:
+    """auto: a 4-bit GGUF gets the int4 kernels where they time faster (its weights already lie on their grid)."""
     if weights == "auto":
-        return path.suffix == ".gguf" and has_4bit_layers(path)
-    return weights == "int4"
+        return "measure" if path.suffix == ".gguf" and has_4bit_layers(path) else "off"
+    return "on" if weights == "int4" else "off"
+
+
+def choose_kv_dtype(setting: str, args: ModelArgs) -> torch.dtype:
+    return fastest_kv_dtype(args) if setting == "auto" else DTYPES[setting]
 
 
 def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
-    kv_dtype = torch.bfloat16 if settings.kv_cache_dtype == "auto" else DTYPES[settings.kv_cache_dtype]
+    kv_dtype = choose_kv_dtype(settings.kv_cache_dtype, args)
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
         tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, kv_dtype)
@@ -80,6 +86,6 @@ def load_served_models(
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
         configure = partial(engine_config, deployment.engine, dtype)
         observer = observe(deployment.name) if observe else None
-        load = partial(load_chat_model, path, dtype=dtype, int4=use_int4(deployment.weights, path))
+        load = partial(load_chat_model, path, dtype=dtype, quantize=quantization(deployment.weights, path))
         served[deployment.name] = ServedModel(AsyncEngine(load, configure, observer, threads=deployment.engine.threads))
     return served

@@ -1,0 +1,50 @@
+"""`auto` kernel settings time the candidates on this CPU and keep what they chose consistent."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from penstock.engine.kernel_choice import KV_DTYPES, fastest_kv_dtype, median_seconds, quantize_if_faster
+from penstock.engine.model import ModelArgs, Transformer
+from penstock.engine.quant import HybridInt4Linear, HybridInt8Linear
+
+TINY = ModelArgs(
+    dim=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    hidden_dim=128,
+    vocab_size=100,
+    norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_seq_len=64,
+    tie_embeddings=True,
+    head_dim=16,
+)
+
+
+def test_median_seconds_times_the_call() -> None:
+    calls = []
+    assert median_seconds(lambda: calls.append(1), repeats=3) >= 0
+    assert len(calls) == 4  # a warm-up, then the timed repeats
+
+
+def test_the_kv_dtype_is_one_of_the_candidates() -> None:
+    assert fastest_kv_dtype(TINY) in KV_DTYPES
+
+
+def test_quantize_if_faster_swaps_all_or_nothing_and_reports_which() -> None:
+    torch.manual_seed(0)
+    model = Transformer(TINY).eval()
+    tokens, positions = torch.tensor([[5, 6, 7]]), torch.arange(3)
+    with torch.inference_mode():
+        before = model(tokens, positions)
+        quantized = quantize_if_faster(model)
+        after = model(tokens, positions)
+    int4 = [m for m in model.modules() if isinstance(m, HybridInt4Linear)]
+    int8 = [m for m in model.modules() if isinstance(m, HybridInt8Linear)]
+    # Per block: wqkv, wo, w13, w2; and the head.
+    assert (len(int4), len(int8)) == ((4 * TINY.n_layers, 1) if quantized else (0, 0))
+    assert isinstance(model.output, HybridInt8Linear if quantized else nn.Linear)
+    torch.testing.assert_close(after, before, atol=0.05, rtol=0.05)
