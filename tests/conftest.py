@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -32,7 +29,7 @@ from penstock.store.embedded import EmbeddedPostgres
 from penstock.store.migrations import apply_migrations
 from penstock.store.redis import connect_redis
 from penstock.store.urls import with_database
-from tests.helpers import free_port, scratch_database
+from tests.helpers import RedisServer, scratch_database
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,21 +115,10 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real redis-server on a free loopback port, without persistence, for the whole run."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with (workdir / "redis.log").open("wb") as log:
-        process = subprocess.Popen([*args, "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_redis(url, process, workdir / "redis.log")
-        yield url
-    finally:
-        process.kill()
-        process.wait()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -142,20 +128,3 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
-
-
-def _wait_for_redis(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-    raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s:\n{log.read_text()}")

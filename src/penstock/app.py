@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
@@ -15,15 +16,23 @@ from penstock import __version__
 from penstock.config import Settings
 from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import chat, health, metrics, models
+from penstock.gateway import admin, chat, health, metrics, models
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.error_handlers import install_error_handlers
+from penstock.gateway.key_cache import KeyCache
+from penstock.gateway.limiter import RateLimiter
+from penstock.gateway.limiter_local import LocalBackend
+from penstock.gateway.limiter_redis import RedisBackend
 from penstock.gateway.request_id import RequestIdMiddleware
 from penstock.gateway.services import Check, Services
+from penstock.identity import Tenant
 from penstock.observability.engine_metrics import EngineMetrics
+from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.pipeline import Pipeline
 from penstock.router.router import Router
+from penstock.store.keys import KeyStore
+from penstock.store.redis import connect_redis
 from penstock.store.runtime import DatabaseRuntime
 
 log = structlog.get_logger("penstock.app")
@@ -39,6 +48,7 @@ def build_app(
     """The service. `served` (with the `registry` its engines report to) shares models already loaded,
     as tests do; `with_database=False` is the engine worker, which keeps no state of its own."""
     registry = registry or CollectorRegistry()
+    own_registry = CollectorRegistry()  # this app's gateway metrics; `registry` may be shared by several apps
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,8 +56,8 @@ def build_app(
             served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
         )
         try:
-            async with _readiness_checks(settings, with_database) as checks:
-                app.state.services = _services(settings, loaded, checks, registry)
+            async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
+                app.state.services = _services(settings, loaded, state, (registry, own_registry), limiter)
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
                 yield
         finally:
@@ -59,31 +69,74 @@ def build_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
-    for module in (chat, models, health, metrics):
+    for module in (chat, models, admin, health, metrics):
         app.include_router(module.router)
     return app
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the app keeps between requests besides its models: nothing at all for an engine worker."""
+
+    checks: dict[str, Check] = field(default_factory=dict)
+    keys: KeyStore | None = None
+    key_cache: KeyCache | None = None
+
+
 @asynccontextmanager
-async def _readiness_checks(settings: Settings, with_database: bool) -> AsyncIterator[dict[str, Check]]:
+async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_State]:
     if not with_database:
-        yield {}
+        yield _State()
         return
     async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:
-        yield {"database": database.ping}
+        keys = KeyStore(database)
+        for tenant in settings.tenants:
+            await keys.ensure_tenant(Tenant(id=tenant.id, name=tenant.name, limits=tenant.limits))
+        cache = KeyCache(keys)
+        await cache.start()
+        try:
+            yield _State({"database": database.ping}, keys, cache)
+        finally:
+            await cache.stop()
+
+
+@asynccontextmanager
+async def _limiter(settings: Settings, registry: CollectorRegistry) -> AsyncIterator[RateLimiter]:
+    """Limits shared through Redis when REDIS_URL is set, else enforced in this process."""
+    config, metrics = settings.rate_limits, GatewayMetrics(registry)
+    local = LocalBackend(lease_s=config.concurrency_lease_s)
+    if not settings.redis_url:
+        yield RateLimiter(local, metrics)
+        return
+    client = connect_redis(settings.redis_url, timeout_s=config.redis_timeout_s)
+    backend = RedisBackend(client, lease_s=config.concurrency_lease_s)
+    fail_open = config.on_redis_error == "fail_open"
+    limiter = RateLimiter(backend, metrics, fallback=local, fail_open=fail_open, replicas=config.replicas)
+    try:
+        yield limiter
+        await limiter.drain()
+    finally:
+        await client.aclose()
 
 
 def _services(
-    settings: Settings, models: Mapping[str, ServedModel], checks: dict[str, Check], registry: CollectorRegistry
+    settings: Settings,
+    models: Mapping[str, ServedModel],
+    state: _State,
+    registries: tuple[CollectorRegistry, ...],
+    limiter: RateLimiter,
 ) -> Services:
     router = Router(models)
     pipeline = Pipeline(router, ContextBuilder(settings.policy.default_max_tokens), models)
     return Services(
-        auth=Authenticator(settings.admin_key),
+        auth=Authenticator(settings.admin_key, state.key_cache),
         policy=settings.policy,
         pipeline=pipeline,
         models=router.models,
         created=int(time.time()),
-        checks=checks,
-        registry=registry,
+        checks=state.checks,
+        registries=registries,
+        limiter=limiter,
+        keys=state.keys,
+        key_cache=state.key_cache,
     )

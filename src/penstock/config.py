@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from penstock.errors import ConfigError
+from penstock.identity import TenantLimits
 from penstock.store.urls import mask_password
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -54,8 +55,20 @@ class DeploymentConfig(BaseModel):
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     name: str = ""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+
+
+class RateLimitConfig(BaseModel):
+    """How limits are enforced; the limits themselves belong to keys and tenants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    replicas: int = Field(default=1, ge=1)  # gateways sharing Redis: fail-open enforces limit ÷ replicas each
+    redis_timeout_s: float = Field(default=0.25, gt=0)  # a slower Redis counts as unreachable
+    concurrency_lease_s: float = Field(default=600.0, gt=0)  # an in-flight slot older than this is freed
 
 
 class PolicyConfig(BaseModel):
@@ -88,6 +101,7 @@ class Settings(BaseSettings):
     )
     tenants: list[TenantConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

@@ -10,13 +10,16 @@ PenstockError                      500 server_error
 ├── PermissionDenied               403 permission_error
 ├── NotFound                       404 invalid_request_error
 │   └── ModelNotFound              404 invalid_request_error / model_not_found
-├── RateLimited                    429 rate_limit_error (+ Retry-After)
+├── Conflict                       409 invalid_request_error / conflict
+├── RateLimited                    429 rate_limit_error (+ Retry-After, x-ratelimit-*)
+│   └── QuotaExceeded              429 insufficient_quota / insufficient_quota
 ├── DependencyUnavailable          503 service_unavailable
 └── DeadlineExceeded               504 timeout
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -81,16 +84,33 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
 
+class Conflict(PenstockError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class RateLimited(PenstockError):
     status = 429
     type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+        self._headers = headers or {}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+        return {**self._headers, "Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class QuotaExceeded(RateLimited):
+    """A tenant's daily or monthly budget is spent: waiting a second will not help, so no short retry."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class DependencyUnavailable(PenstockError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from penstock.identity import KeyScopes, TenantLimits
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length"]
 RequestPriority = Literal["interactive", "batch"]  # interactive runs first; FCFS within a class
@@ -56,11 +58,13 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent the request, as the gateway established it."""
+    """Who sent the request, as the gateway established it, with what its key and tenant allow."""
 
     key_id: str
     tenant: str
     is_admin: bool = False
+    scopes: KeyScopes = field(default_factory=KeyScopes)
+    tenant_limits: TenantLimits = field(default_factory=TenantLimits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ from tests.cli.conftest import penstock, penstock_env
 
 def test_config_show_prints_the_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "penstock.yaml"
-    config.write_text("tenants:\n  - id: acme\n    name: ACME\npolicy:\n  default_max_tokens: 64\n")
+    config.write_text(
+        "tenants:\n  - id: acme\n    name: ACME\n    limits: {rpm: 60}\npolicy:\n  default_max_tokens: 64\n"
+    )
     env = penstock_env(
         tmp_path,
         PENSTOCK_ADMIN_KEY="sk-do-not-print",
@@ -19,7 +21,8 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(tmp_path: P
     assert "sk-do-not-print" not in result.stdout and "pg-secret" not in result.stdout
     shown = yaml.safe_load(result.stdout)
     assert shown["port"] == 9100
-    assert shown["tenants"] == [{"id": "acme", "name": "ACME"}]
+    [tenant] = shown["tenants"]
+    assert (tenant["id"], tenant["name"], tenant["limits"]["rpm"]) == ("acme", "ACME", 60)
     assert shown["policy"]["default_max_tokens"] == 64
     assert shown["database_url"] == "postgresql://app:***@db.example/penstock"
 

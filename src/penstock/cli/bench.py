@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,8 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, Tim
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from penstock.bench.engine import BenchOptions, EngineBenchResult, run_engine_bench
 from penstock.cli.options import err_console
+
+if TYPE_CHECKING:
+    from penstock.bench.engine import EngineBenchResult
 from penstock.observability.logging import configure_logging
 
 app = typer.Typer(help="Benchmarks: Penstock against a peer, on this machine.", no_args_is_help=True)
@@ -57,6 +60,8 @@ def engine(
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
     configure_logging("warning")  # stderr, and quiet: stdout holds only the result
+    from penstock.bench.engine import BenchOptions, run_engine_bench  # torch: only for the command that needs it
+
     options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads, weights.value, kv_dtype.value)
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)

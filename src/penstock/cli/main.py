@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from penstock.cli import bench, chat, config_cmd, doctor, serve
+from penstock.cli import bench, chat, config_cmd, doctor, keys, serve
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
 app.command("serve")(serve.serve)
@@ -13,6 +13,8 @@ app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
+app.add_typer(keys.tenants_app, name="tenants")
+app.add_typer(keys.keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

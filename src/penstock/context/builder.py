@@ -31,7 +31,7 @@ class ContextBuilder:
         token_ids = tuple(fmt.encode(text))
         room = fmt.context_window - len(token_ids)
         explicit = request.sampling.max_tokens
-        wanted = explicit or self._default_max_tokens
+        wanted = explicit or min(self._default_max_tokens, request.caller.scopes.max_tokens or self._default_max_tokens)
         if room < 1 or (explicit is not None and explicit > room):
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {fmt.context_window} tokens; the messages use "

@@ -1,4 +1,4 @@
-"""Who is calling: the master key for now; tenants and API keys come with the key store."""
+"""Who is calling: the master key (PENSTOCK_ADMIN_KEY), or a tenant's API key from the key cache."""
 
 from __future__ import annotations
 
@@ -7,31 +7,48 @@ import hmac
 from pydantic import SecretStr
 
 from penstock.errors import AuthenticationFailed
+from penstock.gateway.key_cache import KeyCache
+from penstock.identity import KEY_PREFIX, ApiKey
 from penstock.types import Caller
 
 ADMIN = Caller(key_id="admin", tenant="default", is_admin=True)
 # Without a master key the service is open, as vLLM is without --api-key; `penstock serve`
-# refuses to listen beyond loopback in that state.
+# refuses to listen beyond loopback in that state. A valid tenant key still counts as its tenant.
 ANONYMOUS = Caller(key_id="anonymous", tenant="default")
 
 
 class Authenticator:
-    def __init__(self, admin_key: SecretStr | None) -> None:
+    def __init__(self, admin_key: SecretStr | None, keys: KeyCache | None = None) -> None:
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
+        self._keys = keys
 
     @property
     def open(self) -> bool:
         return self._admin_key is None
 
     def authenticate(self, authorization: str | None) -> Caller:
-        if self._admin_key is None:
-            return ANONYMOUS
         token = _bearer_token(authorization)
+        if token is not None and self._admin_key is not None and hmac.compare_digest(token.encode(), self._admin_key):
+            return ADMIN
+        key = self._lookup(token)
+        refusal = "invalid API key" if key is None else key.refusal()
+        if key is not None and refusal is None:
+            return self._caller(key)
+        if self.open:
+            return ANONYMOUS
         if token is None:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(token.encode(), self._admin_key):
-            raise AuthenticationFailed("invalid API key")
-        return ADMIN
+        raise AuthenticationFailed(refusal or "invalid API key")
+
+    def _lookup(self, token: str | None) -> ApiKey | None:
+        if self._keys is None or token is None or not token.startswith(KEY_PREFIX):
+            return None
+        return self._keys.lookup(token)
+
+    def _caller(self, key: ApiKey) -> Caller:
+        assert self._keys is not None  # a key was found in it
+        limits = self._keys.tenant(key.tenant).limits
+        return Caller(key.id, key.tenant, key.scopes.admin, key.scopes, limits)
 
 
 def _bearer_token(authorization: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -31,22 +31,30 @@ def caller(authorization: str | None = Header(default=None), svc: Services = Dep
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, who: Caller = Depends(caller), svc: Services = Depends(services)
+    body: ChatCompletionRequest,
+    request: Request,
+    response: Response,
+    who: Caller = Depends(caller),
+    svc: Services = Depends(services),
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     with timer.stage("gateway"):
         chat = chat_request(body, request.state.request_id, who, svc.policy)
     prepared = svc.pipeline.prepare(chat, timer)
-    return await respond(svc.pipeline, prepared, timer, ChatShape(f"chatcmpl-{chat.request_id}", chat.model))
+    return await respond(svc, prepared, timer, ChatShape(f"chatcmpl-{chat.request_id}", chat.model), response)
 
 
 @router.post("/v1/completions", response_model=TextCompletion, responses=ERRORS)
 async def completions(
-    body: CompletionRequest, request: Request, who: Caller = Depends(caller), svc: Services = Depends(services)
+    body: CompletionRequest,
+    request: Request,
+    response: Response,
+    who: Caller = Depends(caller),
+    svc: Services = Depends(services),
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     with timer.stage("gateway"):
         text = text_request(body, request.state.request_id, who)
     prepared = svc.pipeline.prepare(text, timer)
     shape = TextShape(f"cmpl-{text.request_id}", text.model, echo=text.raw_prompt if body.echo else "")
-    return await respond(svc.pipeline, prepared, timer, shape)
+    return await respond(svc, prepared, timer, shape, response)

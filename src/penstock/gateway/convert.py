@@ -5,6 +5,7 @@ from __future__ import annotations
 from penstock.config import PolicyConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from penstock.gateway.scopes import check_scopes
 from penstock.types import Caller, ChatRequest, Message, SamplingParams
 
 
@@ -13,14 +14,14 @@ def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, p
         raise InvalidRequest(f"at most {policy.max_messages} messages are accepted", param="messages")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_scopes(caller, body.model, [t.function.name for t in body.tools or []], max_tokens)
     return ChatRequest(
         request_id=request_id,
         model=body.model,
         # OpenAI's "developer" role is the newer name for "system".
         messages=tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages),
-        sampling=sampling_params(
-            body, body.max_completion_tokens or body.max_tokens, logprobs=body.logprobs, top=body.top_logprobs
-        ),
+        sampling=sampling_params(body, max_tokens, logprobs=body.logprobs, top=body.top_logprobs),
         caller=caller,
         stream=body.stream,
         include_usage=body.include_usage,
@@ -32,6 +33,7 @@ def text_request(body: CompletionRequest, request_id: str, caller: Caller) -> Ch
     text = body.prompt_text()
     if text is None:
         raise InvalidRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
+    check_scopes(caller, body.model, [], body.max_tokens)
     logprobs = body.logprobs is not None
     return ChatRequest(
         request_id=request_id,

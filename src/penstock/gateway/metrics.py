@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text format, from the registry the app owns."""
+"""GET /metrics: Prometheus text format, from the engines' registry and the app's own."""
 
 from __future__ import annotations
 
@@ -12,4 +12,4 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(svc: Services = Depends(services)) -> Response:
-    return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(b"".join(map(generate_latest, svc.registries)), media_type=CONTENT_TYPE_LATEST)

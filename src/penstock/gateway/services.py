@@ -10,7 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from penstock.config import PolicyConfig
 from penstock.gateway.auth import Authenticator
+from penstock.gateway.key_cache import KeyCache
+from penstock.gateway.limiter import RateLimiter
 from penstock.pipeline import Pipeline
+from penstock.store.keys import KeyStore
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -23,7 +26,10 @@ class Services:
     models: tuple[str, ...]
     created: int
     checks: dict[str, Check]  # readiness checks by name
-    registry: CollectorRegistry
+    registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
+    limiter: RateLimiter
+    keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
+    key_cache: KeyCache | None = None
 
 
 def services(request: Request) -> Services:

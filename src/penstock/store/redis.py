@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from penstock.errors import ConfigError
 from penstock.store.urls import mask_password
 
 
-def connect_redis(url: str, *, timeout_s: float = 2.0) -> Redis:
+def connect_redis(url: str, *, timeout_s: float = 2.0, max_connections: int = 64) -> Redis:
     """A client for `url` (redis:// or rediss://); redis-py connects lazily, on the first command.
 
-    Short socket timeouts keep a slow Redis from stalling requests on the hot path.
+    Short socket timeouts keep a slow Redis from stalling requests on the hot path. The pool makes a
+    burst of requests wait for a free connection (up to `timeout_s`) rather than fail at once.
     """
     try:
-        return Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+        )
+        return Redis(connection_pool=pool)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {mask_password(url)}: {exc}") from exc
 

@@ -1,0 +1,118 @@
+"""The admin API under /admin/: tenants and API keys. Admin keys and the master key only.
+
+Unlike the request path, these calls go to the database: they are rare, and must be durable before
+they answer. A created key's plaintext appears in the creation answer and nowhere else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from penstock.errors import DependencyUnavailable, PermissionDenied
+from penstock.gateway.chat import ERRORS, caller
+from penstock.gateway.services import Services, services
+from penstock.identity import ApiKey, KeyScopes, RateLimits, Tenant
+from penstock.types import Caller
+
+ADMIN_ERRORS = {**ERRORS, 409: ERRORS[400]}
+T = TypeVar("T")
+
+
+def admin(who: Caller = Depends(caller)) -> Caller:
+    if not who.is_admin:
+        raise PermissionDenied("the admin API needs an admin key or the master key (PENSTOCK_ADMIN_KEY)")
+    return who
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], responses=ADMIN_ERRORS)
+
+
+class KeyRequest(BaseModel):
+    """A new key: its tenant, what it may use (omitted: everything) and its own limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(min_length=1)
+    name: str = ""
+    models: list[str] | None = None
+    tools: list[str] | None = None
+    collections: list[str] | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    admin: bool = False
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, gt=0)
+    expires_at: datetime | None = None
+
+    def scopes(self) -> KeyScopes:
+        return KeyScopes(
+            models=_tuple(self.models),
+            tools=_tuple(self.tools),
+            collections=_tuple(self.collections),
+            max_tokens=self.max_tokens,
+            admin=self.admin,
+            limits=RateLimits(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent),
+        )
+
+
+class CreatedKey(ApiKey):
+    key: str  # the plaintext: shown once, here
+
+
+class TenantList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Tenant]
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKey]
+
+
+class Admin:
+    """The key store, and this replica's key cache to refresh after a write, so that the writer's own
+    replica acts on it at once (the others poll)."""
+
+    def __init__(self, svc: Services = Depends(services)) -> None:
+        if svc.keys is None or svc.key_cache is None:
+            raise DependencyUnavailable("this process keeps no tenants or keys (an engine worker has no database)")
+        self.store = svc.keys
+        self._cache = svc.key_cache
+
+    async def refreshed(self, result: T) -> T:
+        await self._cache.refresh()
+        return result
+
+
+@router.post("/tenants", status_code=201, response_model=Tenant)
+async def create_tenant(body: Tenant, admin: Admin = Depends()) -> Tenant:
+    return await admin.refreshed(await admin.store.create_tenant(body))
+
+
+@router.get("/tenants", response_model=TenantList)
+async def list_tenants(admin: Admin = Depends()) -> TenantList:
+    return TenantList(data=await admin.store.list_tenants())
+
+
+@router.post("/keys", status_code=201, response_model=CreatedKey)
+async def create_key(body: KeyRequest, admin: Admin = Depends()) -> CreatedKey:
+    created = await admin.store.create_key(body.tenant, body.scopes(), name=body.name, expires_at=body.expires_at)
+    return await admin.refreshed(CreatedKey(**created.key.model_dump(), key=created.secret))
+
+
+@router.get("/keys", response_model=KeyList)
+async def list_keys(tenant: str | None = None, admin: Admin = Depends()) -> KeyList:
+    return KeyList(data=await admin.store.list_keys(tenant))
+
+
+@router.delete("/keys/{key_id}", response_model=ApiKey)
+async def revoke_key(key_id: str, admin: Admin = Depends()) -> ApiKey:
+    return await admin.refreshed(await admin.store.revoke_key(key_id))
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)

@@ -1,0 +1,78 @@
+"""Every key and tenant in memory, so no request waits on the database to learn who is calling.
+
+The cache loads everything at start, then polls for rows whose change number is above the highest it
+has seen (every `poll_s`, 0.25 s by default), so a revocation made through any replica or the CLI
+reaches every replica well within a second. Change numbers come from a sequence and can commit out
+of order, so a full reload every `full_reload_s` catches a row an incremental poll skipped. While
+the database is unreachable the cache keeps answering from what it holds and says so in the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+
+import structlog
+
+from penstock.identity import ApiKey, Tenant, hash_key
+from penstock.store.keys import KeyStore
+
+log = structlog.get_logger("penstock.keys")
+
+
+class KeyCache:
+    def __init__(self, store: KeyStore, *, poll_s: float = 0.25, full_reload_s: float = 30.0) -> None:
+        self._store = store
+        self._poll_s = poll_s
+        self._full_reload_s = full_reload_s
+        self._keys: dict[str, ApiKey] = {}
+        self._tenants: dict[str, Tenant] = {}
+        self._last = 0
+        self._loaded_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        return self._keys.get(hash_key(secret))
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        return self._tenants.get(tenant_id) or Tenant(id=tenant_id)
+
+    async def refresh(self) -> None:
+        """Apply what changed since the last refresh; everything, when a full reload is due."""
+        full = time.monotonic() - self._loaded_at >= self._full_reload_s
+        changes = await self._store.changes(0 if full else self._last)
+        if full:
+            self._keys, self._tenants = changes.keys, {t.id: t for t in changes.tenants}
+            self._loaded_at = time.monotonic()
+        else:
+            self._keys.update(changes.keys)
+            self._tenants.update({t.id: t for t in changes.tenants})
+        self._last = changes.last
+
+    async def start(self) -> None:
+        """Load everything (the database must answer now), then keep polling in the background."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name="penstock-key-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep serving from the cache; say so once per outage
+                if not self._failing:
+                    log.warning("key_cache_stale", error=str(exc) or type(exc).__name__)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("key_cache_fresh")
+                self._failing = False

@@ -1,0 +1,26 @@
+"""What the calling key may ask for: its models, its tools, its max_tokens cap. Checked before any work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from penstock.errors import InvalidRequest, PermissionDenied
+from penstock.types import Caller
+
+
+def check_scopes(caller: Caller, model: str, tools: Sequence[str], max_tokens: int | None) -> None:
+    scopes = caller.scopes
+    if scopes.models is not None and model not in scopes.models:
+        raise PermissionDenied(f"this API key may not use the model '{model}'", param="model", code="model_not_allowed")
+    denied = sorted(set(tools) - set(scopes.tools)) if scopes.tools is not None else []
+    if denied:
+        raise PermissionDenied(f"this API key may not use the tools {denied}", param="tools", code="tool_not_allowed")
+    if max_tokens is not None and scopes.max_tokens is not None and max_tokens > scopes.max_tokens:
+        raise InvalidRequest(
+            f"max_tokens is {max_tokens}; this API key allows at most {scopes.max_tokens}", param="max_tokens"
+        )
+
+
+def allowed_models(caller: Caller, models: Sequence[str]) -> list[str]:
+    allowed = caller.scopes.models
+    return [m for m in models if allowed is None or m in allowed]
