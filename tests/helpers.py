@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import redis
@@ -94,3 +95,16 @@ class RedisServer:
         finally:
             client.close()
         raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s:\n{log.read_text()}")
+
+
+@asynccontextmanager
+async def database_refusing(postgres_server: str, database_url: str) -> AsyncIterator[None]:
+    """The test database cut off: no new connections, the open ones terminated."""
+    name = urlsplit(database_url).path.lstrip("/")
+    async with await connect(postgres_server, autocommit=True) as admin:
+        await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            yield
+        finally:
+            await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))

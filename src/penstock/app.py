@@ -21,17 +21,21 @@ from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.error_handlers import install_error_handlers
 from penstock.gateway.key_cache import KeyCache
+from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.limiter_local import LocalBackend
 from penstock.gateway.limiter_redis import RedisBackend
+from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.request_id import RequestIdMiddleware
 from penstock.gateway.services import Check, Services
+from penstock.gateway.usage import UsageRecorder
 from penstock.identity import Tenant
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.pipeline import Pipeline
 from penstock.router.router import Router
 from penstock.store.keys import KeyStore
+from penstock.store.ledger import LedgerStore
 from penstock.store.redis import connect_redis
 from penstock.store.runtime import DatabaseRuntime
 
@@ -81,6 +85,8 @@ class _State:
     checks: dict[str, Check] = field(default_factory=dict)
     keys: KeyStore | None = None
     key_cache: KeyCache | None = None
+    ledger: LedgerWriter | None = None
+    quotas: QuotaBook | None = None
 
 
 @asynccontextmanager
@@ -92,11 +98,16 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
         keys = KeyStore(database)
         for tenant in settings.tenants:
             await keys.ensure_tenant(Tenant(id=tenant.id, name=tenant.name, limits=tenant.limits))
-        cache = KeyCache(keys)
+        cache, ledger = KeyCache(keys), LedgerStore(database)
+        writer, quotas = LedgerWriter(ledger), QuotaBook(ledger)
         await cache.start()
+        await quotas.start()
+        writer.start()
         try:
-            yield _State({"database": database.ping}, keys, cache)
+            yield _State({"database": database.ping}, keys, cache, writer, quotas)
         finally:
+            await writer.stop()
+            await quotas.stop()
             await cache.stop()
 
 
@@ -137,6 +148,7 @@ def _services(
         checks=state.checks,
         registries=registries,
         limiter=limiter,
+        usage=UsageRecorder({d.name: d for d in settings.deployments}, state.ledger, state.quotas),
         keys=state.keys,
         key_cache=state.key_cache,
     )

@@ -1,10 +1,7 @@
-from urllib.parse import urlsplit
-
 import httpx
-from psycopg import sql
 
-from penstock.store.database import connect
 from tests.gateway.conftest import MODEL
+from tests.helpers import database_refusing
 
 
 async def test_models_lists_the_deployments(client: httpx.AsyncClient) -> None:
@@ -35,15 +32,8 @@ async def test_readyz_reports_models_and_database(client: httpx.AsyncClient) -> 
 async def test_readyz_is_503_when_the_database_is_gone(
     client: httpx.AsyncClient, postgres_server: str, database_url: str
 ) -> None:
-    name = urlsplit(database_url).path.lstrip("/")
-    async with await connect(postgres_server, autocommit=True) as admin:
-        # Refuse new connections and cut the live ones: the database is unreachable, as after a crash.
-        await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        try:
-            response = await client.get("/readyz")
-        finally:
-            await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+    async with database_refusing(postgres_server, database_url):
+        response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not_ready", "checks": {"models": True, "database": False}}
     assert (await client.get("/readyz")).status_code == 200  # and it recovers when the database is back

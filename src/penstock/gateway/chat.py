@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from penstock.errors import PenstockError
 from penstock.gateway.convert import chat_request, text_request
 from penstock.gateway.respond import respond
 from penstock.gateway.schemas import (
@@ -38,10 +42,13 @@ async def chat_completions(
     svc: Services = Depends(services),
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
-    with timer.stage("gateway"):
-        chat = chat_request(body, request.state.request_id, who, svc.policy)
-    prepared = svc.pipeline.prepare(chat, timer)
-    return await respond(svc, prepared, timer, ChatShape(f"chatcmpl-{chat.request_id}", chat.model), response)
+    request_id = request.state.request_id
+    with _recorded_refusal(svc, request_id, who, "chat.completions", body.model):
+        with timer.stage("gateway"):
+            chat = chat_request(body, request_id, who, svc.policy)
+        prepared = svc.pipeline.prepare(chat, timer)
+        shape = ChatShape(f"chatcmpl-{request_id}", chat.model)
+        return await respond(svc, prepared, "chat.completions", timer, shape, response)
 
 
 @router.post("/v1/completions", response_model=TextCompletion, responses=ERRORS)
@@ -53,8 +60,20 @@ async def completions(
     svc: Services = Depends(services),
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
-    with timer.stage("gateway"):
-        text = text_request(body, request.state.request_id, who)
-    prepared = svc.pipeline.prepare(text, timer)
-    shape = TextShape(f"cmpl-{text.request_id}", text.model, echo=text.raw_prompt if body.echo else "")
-    return await respond(svc, prepared, timer, shape, response)
+    request_id = request.state.request_id
+    with _recorded_refusal(svc, request_id, who, "completions", body.model):
+        with timer.stage("gateway"):
+            text = text_request(body, request_id, who)
+        prepared = svc.pipeline.prepare(text, timer)
+        shape = TextShape(f"cmpl-{request_id}", text.model, echo=text.raw_prompt if body.echo else "")
+        return await respond(svc, prepared, "completions", timer, shape, response)
+
+
+@contextmanager
+def _recorded_refusal(svc: Services, request_id: str, who: Caller, route: str, model: str) -> Iterator[None]:
+    """A request refused before it was answered still leaves its ledger row."""
+    try:
+        yield
+    except PenstockError as exc:
+        svc.usage.refused(request_id, who, route, model, exc)
+        raise

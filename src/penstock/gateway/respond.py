@@ -23,9 +23,10 @@ log = structlog.get_logger("penstock.request")
 
 
 async def respond(
-    svc: Services, prepared: Prepared, timer: StageTimer, shape: Shape, response: Response
+    svc: Services, prepared: Prepared, route: str, timer: StageTimer, shape: Shape, response: Response
 ) -> BaseModel | StreamingResponse:
     with timer.stage("admission"):
+        svc.usage.check_budget(prepared.request.caller)
         ticket = await svc.limiter.admit(
             prepared.request.caller, prepared.request.request_id, reserved_tokens(prepared)
         )
@@ -33,6 +34,7 @@ async def respond(
     def settle(status: str, completion_tokens: int) -> None:
         log_request(prepared, timer, status, completion_tokens)
         svc.limiter.finish(ticket, len(prepared.prompt.token_ids) + completion_tokens)
+        svc.usage.answered(prepared, route, timer, status, completion_tokens)
 
     if prepared.request.stream:
 

@@ -12,6 +12,7 @@ from penstock.config import PolicyConfig
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.limiter import RateLimiter
+from penstock.gateway.usage import UsageRecorder
 from penstock.pipeline import Pipeline
 from penstock.store.keys import KeyStore
 
@@ -28,6 +29,7 @@ class Services:
     checks: dict[str, Check]  # readiness checks by name
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
     limiter: RateLimiter
+    usage: UsageRecorder
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
     key_cache: KeyCache | None = None
 

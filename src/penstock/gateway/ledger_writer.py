@@ -1,0 +1,91 @@
+"""Ledger rows leave the request path at once and reach PostgreSQL in batches, off it.
+
+`record` only appends to a queue. A background task writes a batch every `flush_s`, or sooner when
+a batch fills. If the database is slow or down, requests do not notice: rows wait in memory (up to
+`max_pending`; beyond that the oldest are dropped, counted and logged) and go out when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from contextlib import suppress
+
+import structlog
+
+from penstock.store.ledger import LedgerRow, LedgerStore
+
+log = structlog.get_logger("penstock.ledger")
+
+
+class LedgerWriter:
+    def __init__(
+        self, store: LedgerStore, *, flush_s: float = 0.5, batch: int = 500, max_pending: int = 100_000
+    ) -> None:
+        self._store = store
+        self._flush_s = flush_s
+        self._batch = batch
+        self._max_pending = max_pending
+        self._pending: deque[LedgerRow] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, row: LedgerRow) -> None:
+        self._pending.append(row)
+        if len(self._pending) > self._max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("ledger_rows_dropped", dropped=self.dropped, max_pending=self._max_pending)
+        if len(self._pending) >= self._batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="penstock-ledger")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the loop and write what is left, giving up after `timeout_s` (rows then lost are logged)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._pending and await self.flush():
+                    pass
+        if self._pending:
+            log.error("ledger_rows_lost_at_shutdown", rows=len(self._pending))
+
+    async def flush(self) -> bool:
+        """Write one batch; False when the database refused it (the rows stay queued)."""
+        batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
+        if not batch:
+            return True
+        try:
+            await self._store.insert(batch)
+        except Exception as exc:  # any failure: keep the rows, retry on the next tick
+            self._pending.extendleft(reversed(batch))
+            if not self._failing:
+                log.warning("ledger_write_failed", error=str(exc) or type(exc).__name__, pending=len(self._pending))
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("ledger_write_recovered", pending=len(self._pending))
+        self._failing = False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            while self._pending and await self.flush() and len(self._pending) >= self._batch:
+                pass

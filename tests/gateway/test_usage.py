@@ -1,0 +1,75 @@
+"""One ledger row per request, budgets from the ledger, and requests that do not wait on the database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from penstock.store.database import connect
+from tests.gateway.conftest import MODEL
+from tests.gateway.test_errors import assert_openai_error
+from tests.gateway.test_keys import as_key, new_key
+from tests.helpers import database_refusing
+
+ONE_TOKEN = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+
+
+async def ledger_rows(database_url: str, expected: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """The ledger once it holds `expected` rows (the writer flushes in the background)."""
+    deadline = time.monotonic() + timeout_s
+    async with await connect(database_url, autocommit=True) as conn:
+        while True:
+            cursor = await conn.execute("SELECT * FROM usage_ledger ORDER BY created_at")
+            names = [c.name for c in cursor.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.1)
+
+
+async def test_an_answered_request_leaves_one_row(client: httpx.AsyncClient, database_url: str) -> None:
+    key = await new_key(client)
+    response = await client.post("/v1/chat/completions", json=ONE_TOKEN, headers=as_key(key))
+    usage = response.json()["usage"]
+    [row] = await ledger_rows(database_url, 1)
+    assert row["request_id"] == response.headers["x-request-id"]
+    assert (row["tenant_id"], row["key_id"], row["model"], row["status"]) == ("acme", key["id"], MODEL, "ok")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert row["route"] == "chat.completions" and row["latency_ms"] > 0
+    assert {"gateway", "context", "admission", "prefill"} <= set(row["stage_ms"])
+
+
+async def test_a_refused_request_leaves_a_row_with_its_error_code(client: httpx.AsyncClient, database_url: str) -> None:
+    key = await new_key(client, models=["another-model"])
+    assert (await client.post("/v1/chat/completions", json=ONE_TOKEN, headers=as_key(key))).status_code == 403
+    [row] = await ledger_rows(database_url, 1)
+    assert (row["status"], row["prompt_tokens"], row["tenant_id"]) == ("model_not_allowed", 0, "acme")
+
+
+async def test_a_spent_daily_budget_is_429_insufficient_quota(client: httpx.AsyncClient) -> None:
+    await client.post("/admin/tenants", json={"id": "thrifty", "limits": {"daily_tokens": 50}})
+    key = (await client.post("/admin/keys", json={"tenant": "thrifty"})).json()
+    statuses = []
+    for _ in range(3):  # each request uses about 32 tokens: the third finds the budget spent
+        response = await client.post("/v1/chat/completions", json=ONE_TOKEN, headers=as_key(key))
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 429]
+    error = assert_openai_error(response, 429)
+    assert error["type"] == "insufficient_quota" and error["code"] == "insufficient_quota"
+    assert int(response.headers["retry-after"]) > 0
+
+
+async def test_requests_are_served_while_the_database_is_down_and_their_rows_land_after(
+    client: httpx.AsyncClient, postgres_server: str, database_url: str
+) -> None:
+    key = await new_key(client)
+    async with database_refusing(postgres_server, database_url):
+        for _ in range(3):  # the key comes from the cache, the rows wait in memory
+            response = await client.post("/v1/chat/completions", json=ONE_TOKEN, headers=as_key(key))
+            assert response.status_code == 200, response.text
+        await asyncio.sleep(0.6)  # a flush fails meanwhile; nothing is lost
+    rows = await ledger_rows(database_url, 3, timeout_s=15)
+    assert [r["status"] for r in rows] == ["ok"] * 3
