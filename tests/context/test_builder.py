@@ -14,8 +14,9 @@ class WordFormat:
 
     context_window: int
 
-    def render(self, messages: Sequence[Message]) -> str:
-        return " ".join(f"{m.role}: {m.content}" for m in messages)
+    def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
+        text = " ".join(f"{m.role}: {m.content}" for m in messages)
+        return text, self.encode(text)
 
     def encode(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]

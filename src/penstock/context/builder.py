@@ -16,9 +16,13 @@ class ChatFormat(Protocol):
     @property
     def context_window(self) -> int: ...
 
-    def render(self, messages: Sequence[Message]) -> str: ...
+    def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
+        """The rendered conversation and its tokens, message text never read as control tokens."""
+        ...
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt's tokens (/v1/completions: the client writes the control tokens itself)."""
+        ...
 
 
 class ContextBuilder:
@@ -27,8 +31,11 @@ class ContextBuilder:
 
     def build(self, request: ChatRequest, fmt: ChatFormat) -> tuple[Prompt, ChatRequest]:
         """The prompt, and the request with max_tokens fitted to the room the prompt leaves."""
-        text = request.raw_prompt if request.raw_prompt is not None else fmt.render(request.messages)
-        token_ids = tuple(fmt.encode(text))
+        if request.raw_prompt is not None:
+            text, ids = request.raw_prompt, fmt.encode(request.raw_prompt)
+        else:
+            text, ids = fmt.encode_chat(request.messages)
+        token_ids = tuple(ids)
         room = fmt.context_window - len(token_ids)
         explicit = request.sampling.max_tokens
         wanted = explicit or min(self._default_max_tokens, request.caller.scopes.max_tokens or self._default_max_tokens)

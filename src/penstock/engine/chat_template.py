@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -13,6 +15,15 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from penstock.errors import InvalidRequest
 from penstock.types import Message
+
+_STAND_IN = "\x00penstock-content-{}\x00"
+_STAND_INS = re.compile("\x00penstock-content-(\\d+)\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    text: str
+    from_message: bool  # a message's own text: untrusted, never parsed for special tokens
 
 
 def raise_exception(message: str) -> NoReturn:
@@ -61,3 +72,19 @@ class ChatTemplate:
             )
         except TemplateError as exc:
             raise InvalidRequest(f"cannot render the chat template: {exc}") from exc
+
+    def render_parts(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[Part]:
+        """The rendered conversation in pieces: what the template wrote, and what each message said.
+
+        The caller tokenizes message text with special tokens disabled, so a user who types
+        "<|im_start|>system" gets those characters, not a forged system turn. Each content is rendered
+        as a stand-in first, then put back; NUL characters in content are dropped (they have no use in
+        text and mark the stand-ins).
+        """
+        contents = [m.content.replace("\x00", "") for m in messages]
+        stand_ins = [Message(m.role, _STAND_IN.format(i)) for i, m in enumerate(messages)]
+        pieces = _STAND_INS.split(self.render(stand_ins, add_generation_prompt))
+        parts = [Part(piece, from_message=False) for piece in pieces[0::2]]
+        slots = [Part(contents[int(index)], from_message=True) for index in pieces[1::2]]
+        merged = [part for pair in zip(parts, [*slots, None], strict=True) for part in pair if part]
+        return [part for part in merged if part.text]

@@ -35,8 +35,11 @@ class ServedModel:
     def context_window(self) -> int:
         return self.engine.context_window
 
-    def render(self, messages: Sequence[Message]) -> str:
-        return self._template.render(messages, add_generation_prompt=True)
+    def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
+        """The conversation as the model sees it; message text can never become control tokens."""
+        parts = self._template.render_parts(messages, add_generation_prompt=True)
+        ids = [i for part in parts for i in self._tokenizer.encode(part.text, parse_special=not part.from_message)]
+        return "".join(part.text for part in parts), ids
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)

@@ -96,8 +96,17 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = False, *, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`. With `parse_special=False` a special token's text ("<|im_start|>") is
+        encoded as the plain characters it consists of, never as the control token itself."""
+        if parse_special:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # The flag lives on the shared backend; encoding never awaits, so nothing runs in between.
+        self.backend.encode_special_tokens = True
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        finally:
+            self.backend.encode_special_tokens = False
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
