@@ -10,6 +10,7 @@ from functools import partial
 
 import structlog
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from penstock import __version__
@@ -26,6 +27,7 @@ from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.limiter_local import LocalBackend
 from penstock.gateway.limiter_redis import RedisBackend
 from penstock.gateway.quotas import QuotaBook
+from penstock.gateway.rate_limits import RATELIMIT_HEADERS
 from penstock.gateway.request_id import RequestIdMiddleware
 from penstock.gateway.services import Check, Services
 from penstock.gateway.usage import UsageRecorder
@@ -72,6 +74,14 @@ def build_app(
     app = FastAPI(title="Penstock", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
+    if settings.policy.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.policy.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
+        )
     app.add_middleware(RequestIdMiddleware)
     for module in (chat, models, admin, health, metrics):
         app.include_router(module.router)

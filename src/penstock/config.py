@@ -79,6 +79,8 @@ class PolicyConfig(BaseModel):
     max_request_bytes: int = Field(default=1_000_000, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     max_messages: int = Field(default=256, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)  # in-flight requests and streams get this long on exit
+    cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API; "*" for any
 
 
 class Settings(BaseSettings):

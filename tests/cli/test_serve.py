@@ -1,5 +1,6 @@
 """The promise of the README: `penstock serve`, then the official openai SDK gets "Paris"."""
 
+import signal
 import time
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import openai
 import pytest
 
 from penstock.config import DEFAULT_MODEL_NAME
-from tests.cli.conftest import ADMIN_KEY, RunningServer, penstock, penstock_env, start_server, stop_server
+from tests.cli.conftest import ADMIN_KEY, RunningServer, penstock, penstock_env, start_server
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -49,11 +50,18 @@ def test_embedded_postgres_lives_under_home(server: RunningServer) -> None:
     assert (server.home / "pgdata" / "PG_VERSION").read_text().strip() == "18"
 
 
-def test_serve_stops_its_embedded_postgres_on_exit(tmp_path: Path) -> None:
+def test_ctrl_c_lets_a_stream_finish_then_stops_embedded_postgres(tmp_path: Path) -> None:
     running = start_server(tmp_path)
     pid_file = tmp_path / "pgdata" / "postmaster.pid"
     assert pid_file.exists()
-    assert stop_server(running) == 0
+    body = {"model": DEFAULT_MODEL_NAME, "messages": QUESTION, "max_tokens": 24, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{running.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert any('"content":"' in line for line in lines)  # streaming has begun
+        running.process.send_signal(signal.SIGINT)  # shutdown starts mid-stream
+        rest = list(lines)
+    assert "data: [DONE]" in rest and not any('"error"' in line for line in rest)  # it finished in the grace period
+    assert running.process.wait(timeout=60) == 0
     assert not pid_file.exists()  # postgres removes it as it shuts down
 
 

@@ -38,7 +38,14 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
     from penstock.app import build_app  # imported late: it pulls in torch, which `--help` need not wait for
 
     app = build_app(settings, with_database=with_database)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.policy.shutdown_grace_s,
+    )
 
 
 def _is_loopback(host: str) -> bool:

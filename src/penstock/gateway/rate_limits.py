@@ -21,6 +21,9 @@ from penstock.types import Caller
 
 PERIOD_S = 60.0
 Kind = Literal["requests", "tokens"]
+RATELIMIT_HEADERS = tuple(
+    f"{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
+)
 
 
 @dataclass(frozen=True, slots=True)
