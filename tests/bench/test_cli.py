@@ -7,11 +7,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from penstock.bench import engine
 from penstock.bench.engine import BenchOptions, EngineBenchResult
 from penstock.bench.progress import Progress
-from penstock.cli import bench, main
+from penstock.cli import main
 
-FILLER = {"float": 1.0, "int": 1, "str": "transformers x", "dict[str, float]": {"8": 1.0}}
+FILLER = {"float": 1.0, "int": 1, "bool": True, "str": "transformers x", "dict[str, float]": {"8": 1.0}}
 CANNED = EngineBenchResult(**{f.name: FILLER[str(f.type)] for f in fields(EngineBenchResult)})
 
 
@@ -25,7 +26,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[BenchOptions]:
         progress.advance(2)
         return replace(CANNED, command=options.command)
 
-    monkeypatch.setattr(bench, "run_engine_bench", fake)
+    monkeypatch.setattr(engine, "run_engine_bench", fake)  # the command imports it when it runs
     return calls
 
 
@@ -42,7 +43,7 @@ def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
     assert (
         figures["command"]
         == "penstock bench engine --json --quick --requests 4 --seed 7 --kv-fraction 0.25 --dtype float32"
-        " --weights auto --kv-dtype bfloat16"
+        " --weights auto --kv-dtype auto"
     )
 
 

