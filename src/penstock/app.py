@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from penstock import __version__
 from penstock.config import Settings
 from penstock.context.builder import ContextBuilder
+from penstock.engine.locator import locate_embedding_model
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import admin, chat, health, metrics, models
+from penstock.gateway import admin, chat, embeddings, health, metrics, models
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.error_handlers import install_error_handlers
@@ -35,6 +36,7 @@ from penstock.identity import Tenant
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.pipeline import Pipeline
+from penstock.retrieval.embedder import Embedder
 from penstock.router.router import Router
 from penstock.store.keys import KeyStore
 from penstock.store.ledger import LedgerStore
@@ -61,12 +63,15 @@ def build_app(
         loaded = (
             served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
         )
+        embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
-                app.state.services = _services(settings, loaded, state, (registry, own_registry), limiter)
+                services = _services(settings, loaded, state, (registry, own_registry), limiter, embedder)
+                app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
                 yield
         finally:
+            embedder.close()
             if served is None:  # only what this app loaded is this app's to release
                 for model in loaded.values():
                     model.close()
@@ -83,7 +88,7 @@ def build_app(
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
     app.add_middleware(RequestIdMiddleware)
-    for module in (chat, models, admin, health, metrics):
+    for module in (chat, embeddings, models, admin, health, metrics):
         app.include_router(module.router)
     return app
 
@@ -146,6 +151,7 @@ def _services(
     state: _State,
     registries: tuple[CollectorRegistry, ...],
     limiter: RateLimiter,
+    embedder: Embedder,
 ) -> Services:
     router = Router(models)
     pipeline = Pipeline(router, ContextBuilder(settings.policy.default_max_tokens), models)
@@ -158,6 +164,7 @@ def _services(
         checks=state.checks,
         registries=registries,
         limiter=limiter,
+        embedder=embedder,
         usage=UsageRecorder({d.name: d for d in settings.deployments}, state.ledger, state.quotas),
         keys=state.keys,
         key_cache=state.key_cache,

@@ -17,6 +17,7 @@ from penstock.identity import TenantLimits
 from penstock.store.urls import mask_password
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
 class EngineSettings(BaseModel):
@@ -96,7 +97,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("PENSTOCK_REDIS_URL", "REDIS_URL", "redis_url")
     )
-    embedding_model_path: Path | None = None
+    embedding_model_path: Path | None = None  # a sentence-transformers folder; None = bundled all-MiniLM-L6-v2
+    embedding_model: str = Field(default=DEFAULT_EMBEDDING_MODEL, min_length=1)  # its name in /v1/embeddings
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     deployments: list[DeploymentConfig] = Field(
         default_factory=lambda: [DeploymentConfig(name=DEFAULT_MODEL_NAME)], min_length=1

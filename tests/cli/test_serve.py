@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from penstock.config import DEFAULT_MODEL_NAME
+from penstock.config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL_NAME
 from tests.cli.conftest import ADMIN_KEY, RunningServer, penstock, penstock_env, start_server
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -30,6 +30,14 @@ def test_sdk_streaming_answer_contains_paris(sdk: openai.OpenAI) -> None:
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len(pieces) > 2  # it really streamed, token by token
     assert "Paris" in "".join(pieces)
+
+
+def test_sdk_embeddings(sdk: openai.OpenAI) -> None:
+    """The SDK asks for base64 by default and decodes it: both ends of the encoding meet here."""
+    result = sdk.embeddings.create(model=DEFAULT_EMBEDDING_MODEL, input=["Paris is in France.", "Bonjour"])
+    assert [len(item.embedding) for item in result.data] == [384, 384]
+    assert abs(sum(x * x for x in result.data[0].embedding) - 1.0) < 1e-3
+    assert result.usage.prompt_tokens > 4
 
 
 def test_sdk_lists_the_model(sdk: openai.OpenAI) -> None:

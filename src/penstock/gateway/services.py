@@ -14,6 +14,7 @@ from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.usage import UsageRecorder
 from penstock.pipeline import Pipeline
+from penstock.retrieval.embedder import Embedder
 from penstock.store.keys import KeyStore
 
 Check = Callable[[], Awaitable[bool]]
@@ -30,6 +31,7 @@ class Services:
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
     limiter: RateLimiter
     usage: UsageRecorder
+    embedder: Embedder
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
     key_cache: KeyCache | None = None
 

@@ -59,6 +59,26 @@ class UsageRecorder:
             )
         )
 
+    def embedded(
+        self, request_id: str, caller: Caller, model: str, tokens: int, timer: StageTimer, status: str
+    ) -> None:
+        if self._quotas is not None:
+            self._quotas.add(caller.tenant, tokens, 0.0)
+        self._write(
+            LedgerRow(
+                request_id=request_id,
+                tenant=caller.tenant,
+                key_id=caller.key_id,
+                route="embeddings",
+                status=status,
+                created_at=datetime.now(UTC),
+                model=model,
+                prompt_tokens=tokens,
+                latency_ms=timer.total() * 1000,
+                stage_ms=timer.milliseconds(),
+            )
+        )
+
     def refused(self, request_id: str, caller: Caller, route: str, model: str | None, error: PenstockError) -> None:
         status = error.code or error.type
         row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=model)
