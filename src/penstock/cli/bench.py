@@ -129,3 +129,39 @@ def _table(r: EngineBenchResult) -> Table:
     )
     table.add_row("KV cache (tokens)", f"{r.kv_cache_tokens:,}", "", "")
     return table
+
+
+@app.command("gateway")
+def gateway(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    rate: float = typer.Option(200.0, min=1.0, help="Offered requests/s for the latency run."),
+    duration: float = typer.Option(10.0, min=1.0, help="Seconds per run."),
+    connections: int = typer.Option(64, min=1, help="Connections in the closed-loop (max rps) run."),
+    redis_url: str | None = typer.Option(None, help="Rate limits through this Redis (default: in process)."),
+) -> None:
+    """The gateway's added latency (p50/p99 at a fixed rate) and highest sustained requests/s, instant model."""
+    from penstock.bench.gateway import GatewayBenchOptions, run_gateway_bench
+
+    err_console.print("starting the gateway (embedded Postgres, instant model) and driving it…")
+    result = run_gateway_bench(GatewayBenchOptions(rate, duration, connections, redis_url))
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"penstock bench gateway: instant model, limits {result.limiter}")
+    for column in ("measure", "penstock", str(result.peer["name"]), "ratio"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        f"added latency at {result.offered_rps:g} req/s, p50 / p99 (ms)",
+        f"{result.overhead_p50_ms:.2f} / {result.overhead_p99_ms:.2f}",
+        f"{result.peer['overhead_p50_ms']:g} / n/a",
+        f"{result.ratio_p50_vs_peer:.1f}x less",
+    )
+    table.add_row(
+        "max sustained (req/s)",
+        f"{result.max_rps:.0f}",
+        f"{result.peer['max_rps']:g}",
+        f"{result.ratio_max_rps_vs_peer:.1f}x",
+    )
+    table.add_row("errors / requests", f"{result.errors} / {result.requests}", "", "")
+    Console().print(table)
+    typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")

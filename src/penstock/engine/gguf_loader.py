@@ -68,7 +68,8 @@ def has_4bit_layers(path: Path) -> bool:
     return bool(kinds) and kinds <= {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
 
 
-def read_gguf(path: Path, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
+def read_gguf(path: Path, *, dtype: torch.dtype = torch.float32, weights: bool = True) -> Checkpoint:
+    """The checkpoint; `weights=False` reads the shape, tokenizer and template alone (no tensors)."""
     reader = GGUFReader(path)
     meta = GGUFMetadata(reader, path)
     arch = meta.get("general.architecture")
@@ -77,7 +78,7 @@ def read_gguf(path: Path, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
     args = model_args(meta, arch, has_output=any(t.name == "output.weight" for t in reader.tensors))
     template = chat_template(meta)
     tokenizer = gguf_tokenizer(meta, template.source)
-    return Checkpoint(args, state_dict(reader.tensors, args, dtype), tokenizer, template)
+    return Checkpoint(args, state_dict(reader.tensors, args, dtype) if weights else {}, tokenizer, template)
 
 
 def model_args(meta: GGUFMetadata, arch: str, *, has_output: bool) -> ModelArgs:

@@ -10,6 +10,7 @@ import torch
 
 from penstock.config import DeploymentConfig, EngineSettings
 from penstock.engine.async_engine import AsyncEngine
+from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.kernel_choice import fastest_kv_dtype
 from penstock.engine.llm_engine import EngineConfig
@@ -20,20 +21,19 @@ from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Priority
+from penstock.engine.tokenizer import Tokenizer
 from penstock.types import Message, Prompt, RequestPriority, SamplingParams, TokenEvent
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ServedModel:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._template = engine.loaded.chat_template
-        self._tokenizer = engine.loaded.tokenizer
+class ChatCodec:
+    """A model's prompt side: chat template, tokenizer and context window (the pipeline's ChatFormat)."""
 
-    @property
-    def context_window(self) -> int:
-        return self.engine.context_window
+    def __init__(self, template: ChatTemplate, tokenizer: Tokenizer, context_window: int) -> None:
+        self._template = template
+        self._tokenizer = tokenizer
+        self.context_window = context_window
 
     def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
         """The conversation as the model sees it; message text can never become control tokens."""
@@ -43,6 +43,12 @@ class ServedModel:
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
+
+
+class ServedModel(ChatCodec):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine.loaded.chat_template, engine.loaded.tokenizer, engine.context_window)
+        self.engine = engine
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, priority: RequestPriority = "interactive"

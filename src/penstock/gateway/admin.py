@@ -22,7 +22,7 @@ ADMIN_ERRORS = {**ERRORS, 409: ERRORS[400]}
 T = TypeVar("T")
 
 
-def admin(who: Caller = Depends(caller)) -> Caller:
+async def admin(who: Caller = Depends(caller)) -> Caller:
     if not who.is_admin:
         raise PermissionDenied("the admin API needs an admin key or the master key (PENSTOCK_ADMIN_KEY)")
     return who

@@ -29,7 +29,7 @@ router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)}
 
 
-def caller(authorization: str | None = Header(default=None), svc: Services = Depends(services)) -> Caller:
+async def caller(authorization: str | None = Header(default=None), svc: Services = Depends(services)) -> Caller:
     return svc.auth.authenticate(authorization)
 
 

@@ -36,5 +36,6 @@ class Services:
     key_cache: KeyCache | None = None
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.
     return request.app.state.services

@@ -1,0 +1,258 @@
+"""`penstock bench gateway`: what the gateway adds to a request, against an instant model.
+
+The gateway runs in a child process (bench.gateway_server: the real app, its embedded Postgres, the
+ledger, rate limits); this process drives it with a small HTTP/1.1 client on raw asyncio streams
+with keep-alive connections, so the load generator is not the bottleneck. Latency is timed by the
+client from the moment a request is issued until its last byte arrived, so the wait for a free
+connection, the loopback, the accept and any queueing in the gateway's event loop all count; the
+schedule is open loop (requests are issued at the fixed rate whatever came back), so a stalled
+gateway shows up as latency instead of fewer requests. With an instant model, all of it is overhead.
+
+Two runs: a fixed offered rate (default 200 requests/s) for the latency percentiles, then as many
+closed-loop connections as it takes to find the highest sustained rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from penstock.bench.gateway_server import ADMIN_KEY, MODEL
+
+# The peer as the issue measured it on this machine class (LiteLLM proxy, master key, instant upstream).
+# It is not installed here, so it is quoted, not re-measured, and the JSON says so.
+PEER = {"name": "LiteLLM proxy (quoted)", "max_rps": 80.0, "overhead_p50_ms": 18.0}
+ENV_URLS = ("DATABASE_URL", "REDIS_URL")
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayBenchOptions:
+    rate: float = 200.0  # offered requests/s for the latency run
+    duration_s: float = 10.0
+    connections: int = 64  # the closed-loop run's connections
+    redis_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayBenchResult:
+    overhead_p50_ms: float
+    overhead_p90_ms: float
+    overhead_p99_ms: float
+    offered_rps: float
+    achieved_rps: float
+    max_rps: float
+    max_rps_p50_ms: float
+    errors: int
+    requests: int
+    limiter: str
+    load_avg_1m: float
+    peer: dict[str, Any]
+    ratio_max_rps_vs_peer: float
+    ratio_p50_vs_peer: float  # peer p50 ÷ ours: how many times less latency we add
+    load_generator: str
+    command: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
+    with _gateway(options.redis_url) as (port, key):
+        request = _request_bytes(port, key)
+        latency = asyncio.run(_open_loop(port, request, options.rate, options.duration_s))
+        closed = asyncio.run(_closed_loop(port, request, options.connections, options.duration_s))
+    p50, p90, p99 = _percentiles(latency.latencies_s)
+    max_p50 = _percentiles(closed.latencies_s)[0]
+    return GatewayBenchResult(
+        overhead_p50_ms=p50,
+        overhead_p90_ms=p90,
+        overhead_p99_ms=p99,
+        offered_rps=options.rate,
+        achieved_rps=len(latency.latencies_s) / latency.wall_s,
+        max_rps=len(closed.latencies_s) / closed.wall_s,
+        max_rps_p50_ms=max_p50,
+        errors=latency.errors + closed.errors,
+        requests=len(latency.latencies_s) + len(closed.latencies_s),
+        limiter="redis" if options.redis_url else "in process",
+        load_avg_1m=os.getloadavg()[0],
+        peer=PEER,
+        ratio_max_rps_vs_peer=(len(closed.latencies_s) / closed.wall_s) / PEER["max_rps"],
+        ratio_p50_vs_peer=PEER["overhead_p50_ms"] / p50 if p50 else float("inf"),
+        load_generator="penstock's asyncio HTTP/1.1 client, keep-alive, in a separate process from the gateway",
+        command=_command(options),
+    )
+
+
+@dataclass(slots=True)
+class _Run:
+    latencies_s: list[float]
+    errors: int
+    wall_s: float
+
+
+async def _open_loop(port: int, request: bytes, rate: float, duration_s: float) -> _Run:
+    """Requests issued every 1/rate s whatever came back, each on a free connection (open loop)."""
+    connections: asyncio.Queue[_Connection] = asyncio.Queue()
+    for _ in range(max(8, int(rate // 10))):
+        connections.put_nowait(await _Connection.open(port))
+    run = _Run([], 0, 0.0)
+    start, total = time.perf_counter(), int(rate * duration_s)
+
+    async def one() -> None:
+        # From when the request is issued, before waiting for a free connection (that wait counts);
+        # the scheduler's own oversleep does not, since it is the client's, not the gateway's.
+        issued = time.perf_counter()
+        conn = await connections.get()
+        try:
+            ok = await conn.exchange(request)
+            run.latencies_s.append(time.perf_counter() - issued) if ok else None
+            run.errors += not ok
+        finally:
+            connections.put_nowait(conn)
+
+    tasks = []
+    for i in range(total):
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    run.wall_s = time.perf_counter() - start
+    while not connections.empty():
+        connections.get_nowait().close()
+    return run
+
+
+async def _closed_loop(port: int, request: bytes, connections: int, duration_s: float) -> _Run:
+    """Each connection sends its next request the moment the last one is answered."""
+    run = _Run([], 0, 0.0)
+    start = time.perf_counter()
+    stop = start + duration_s
+
+    async def loop() -> None:
+        conn = await _Connection.open(port)
+        try:
+            while (sent := time.perf_counter()) < stop:
+                ok = await conn.exchange(request)
+                run.latencies_s.append(time.perf_counter() - sent) if ok else None
+                run.errors += not ok
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(loop() for _ in range(connections)))
+    run.wall_s = time.perf_counter() - start
+    return run
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: write a request, read one Content-Length response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> _Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def exchange(self, request: bytes) -> bool:
+        """Send and read the whole answer; True for a 200."""
+        self._writer.write(request)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        await self._reader.readexactly(length)
+        return status == 200
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _request_bytes(port: int, key: str) -> bytes:
+    body = json.dumps(BODY).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@contextmanager
+def _gateway(redis_url: str | None) -> Iterator[tuple[int, str]]:
+    """The gateway server in a child process, and a tenant key with limits far above the load."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
+        command = [sys.executable, "-m", "penstock.bench.gateway_server", "--port", str(port), "--home", home]
+        command += ["--redis-url", redis_url] if redis_url else []
+        # Its own embedded Postgres and no inherited settings: the environment would override the flags.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
+        with (Path(home) / "gateway.log").open("wb") as log:
+            server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base, server, Path(home) / "gateway.log")
+            yield port, _bench_key(base)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the gateway exited early:\n{log.read_text()[-4000:]}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"the gateway was not ready within {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def _bench_key(base: str) -> str:
+    """A tenant key with rate limits on (so the limiter does its work) but far above what the run offers."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    limits = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrent": 100_000}
+    httpx.post(f"{base}/admin/tenants", json={"id": "bench", "limits": limits}, headers=admin).raise_for_status()
+    created = httpx.post(f"{base}/admin/keys", json={"tenant": "bench", **limits}, headers=admin)
+    created.raise_for_status()
+    return str(created.json()["key"])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
+    if len(latencies_s) < 2:
+        return (float("nan"),) * 3
+    cuts = statistics.quantiles(latencies_s, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[89] * 1000, cuts[98] * 1000
+
+
+def _command(options: GatewayBenchOptions) -> str:
+    args = ["penstock", "bench", "gateway", "--json", "--rate", str(options.rate)]
+    args += ["--duration", str(options.duration_s), "--connections", str(options.connections)]
+    return " ".join(args + (["--redis-url", "<url>"] if options.redis_url else []))
