@@ -9,29 +9,22 @@ the database is unreachable the cache keeps answering from what it holds and say
 
 from __future__ import annotations
 
-import asyncio
 import time
-from contextlib import suppress
 
-import structlog
-
+from penstock.gateway.refresher import Refresher
 from penstock.identity import ApiKey, Tenant, hash_key
 from penstock.store.keys import KeyStore
-
-log = structlog.get_logger("penstock.keys")
 
 
 class KeyCache:
     def __init__(self, store: KeyStore, *, poll_s: float = 0.25, full_reload_s: float = 30.0) -> None:
         self._store = store
-        self._poll_s = poll_s
         self._full_reload_s = full_reload_s
         self._keys: dict[str, ApiKey] = {}
         self._tenants: dict[str, Tenant] = {}
         self._last = 0
         self._loaded_at = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._refresher = Refresher("key_cache", self.refresh, poll_s)
 
     def lookup(self, secret: str) -> ApiKey | None:
         return self._keys.get(hash_key(secret))
@@ -53,26 +46,7 @@ class KeyCache:
 
     async def start(self) -> None:
         """Load everything (the database must answer now), then keep polling in the background."""
-        await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="penstock-key-cache")
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep serving from the cache; say so once per outage
-                if not self._failing:
-                    log.warning("key_cache_stale", error=str(exc) or type(exc).__name__)
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("key_cache_fresh")
-                self._failing = False
+        await self._refresher.stop()

@@ -8,18 +8,13 @@ as OpenAI's do. Across replicas the view lags by up to `refresh_s` plus the ledg
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
-import structlog
-
 from penstock.errors import QuotaExceeded
+from penstock.gateway.refresher import Refresher
 from penstock.store.ledger import LedgerStore, Spend, TenantSpend
 from penstock.types import Caller
-
-log = structlog.get_logger("penstock.quotas")
 
 
 class QuotaBook:
@@ -31,7 +26,7 @@ class QuotaBook:
         self._clock = clock
         self._period = _periods(clock())
         self._spend: dict[str, TenantSpend] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Refresher("quotas", self.refresh, refresh_s)
 
     def check(self, caller: Caller) -> None:
         limits = caller.tenant_limits
@@ -62,15 +57,10 @@ class QuotaBook:
         self._period, self._spend = period, reported
 
     async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="penstock-quotas")
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._refresher.stop()
 
     def _current(self, tenant: str) -> TenantSpend:
         period = _periods(self._clock())
@@ -88,14 +78,6 @@ class QuotaBook:
         if what.startswith("daily"):
             return (day + timedelta(days=1) - now).total_seconds()
         return ((month + timedelta(days=32)).replace(day=1) - now).total_seconds()
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep the last view; budgets still count this replica's spend
-                log.warning("quota_refresh_failed", error=str(exc) or type(exc).__name__)
 
 
 def _periods(now: datetime) -> tuple[datetime, datetime]:
