@@ -1,0 +1,70 @@
+"""Three gateway processes sharing one Redis and one database enforce one rate limit, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from penstock.bench.gateway_server import ADMIN_KEY, MODEL
+from tests.helpers import free_port
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[list[str]]:
+    """Three `penstock.bench.gateway_server` processes (the real app, an instant model), ready."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    processes, urls = [], []
+    for i in range(3):
+        port, home = free_port(), tmp_path / f"gw{i}"
+        command = [sys.executable, "-m", "penstock.bench.gateway_server", "--port", str(port), "--home", str(home)]
+        command += ["--database-url", database_url, "--redis-url", redis_url]
+        with (tmp_path / f"gw{i}.log").open("wb") as log:
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for url, process in zip(urls, processes, strict=True):
+            _wait_ready(url, process)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    for _ in range(int(timeout_s / 0.25)):
+        assert process.poll() is None, "a gateway exited early"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{url} was not ready")
+
+
+async def test_ten_times_the_limit_across_three_gateways_admits_exactly_the_limit(gateways: list[str]) -> None:
+    limit = 10
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.post(f"{gateways[0]}/admin/tenants", json={"id": "shared"}, headers=ADMIN)).is_success
+        created = await client.post(f"{gateways[0]}/admin/keys", json={"tenant": "shared", "rpm": limit}, headers=ADMIN)
+        key = {"Authorization": f"Bearer {created.json()['key']}"}
+        await asyncio.sleep(1.0)  # every replica's key cache has it by now
+        sends = [
+            client.post(f"{gateways[i % 3]}/v1/chat/completions", json=BODY, headers=key) for i in range(10 * limit)
+        ]
+        statuses = [r.status_code for r in await asyncio.gather(*sends)]
+    assert statuses.count(200) == limit and statuses.count(429) == 9 * limit
