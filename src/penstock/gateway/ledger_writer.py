@@ -1,7 +1,7 @@
 """Ledger rows leave the request path at once and reach PostgreSQL in batches, off it.
 
-`record` only appends to a queue. A background task writes a batch every `flush_s`, or sooner when
-a batch fills. If the database is slow or down, requests do not notice: rows wait in memory (up to
+`record` only appends to a queue. A background task writes what is queued every `flush_s`, in
+batches of at most `batch` rows. If the database is slow or down, requests do not notice: rows wait in memory (up to
 `max_pending`; beyond that the oldest are dropped, counted and logged) and go out when it returns.
 """
 
@@ -27,7 +27,6 @@ class LedgerWriter:
         self._batch = batch
         self._max_pending = max_pending
         self._pending: deque[LedgerRow] = deque()
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.dropped = 0
@@ -43,8 +42,6 @@ class LedgerWriter:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.error("ledger_rows_dropped", dropped=self.dropped, max_pending=self._max_pending)
-        if len(self._pending) >= self._batch:
-            self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="penstock-ledger")
@@ -53,8 +50,7 @@ class LedgerWriter:
         """Stop the loop and write what is left, giving up after `timeout_s` (rows then lost are logged)."""
         if self._task is not None:
             self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=timeout_s)  # bounded, whatever the task does with the cancel
             self._task = None
         with suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -70,8 +66,10 @@ class LedgerWriter:
             return True
         try:
             await self._store.insert(batch)
-        except Exception as exc:  # any failure: keep the rows, retry on the next tick
+        except BaseException as exc:  # any failure, a cancel included: keep the rows for the next try
             self._pending.extendleft(reversed(batch))
+            if not isinstance(exc, Exception):
+                raise
             if not self._failing:
                 log.warning("ledger_write_failed", error=str(exc) or type(exc).__name__, pending=len(self._pending))
             self._failing = True
@@ -83,9 +81,6 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            while self._pending and await self.flush() and len(self._pending) >= self._batch:
+            await asyncio.sleep(self._flush_s)
+            while self._pending and await self.flush():
                 pass
