@@ -6,13 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from penstock.bench.gateway import wait_ready
 from penstock.bench.gateway_server import ADMIN_KEY, MODEL
 from tests.helpers import free_port
 
@@ -36,24 +36,12 @@ def gateways(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[list
         urls.append(f"http://127.0.0.1:{port}")
     try:
         for url, process in zip(urls, processes, strict=True):
-            _wait_ready(url, process)
+            wait_ready(url, process, tmp_path / f"gw{urls.index(url)}.log")
         yield urls
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    for _ in range(int(timeout_s / 0.25)):
-        assert process.poll() is None, "a gateway exited early"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} was not ready")
 
 
 async def test_ten_times_the_limit_across_three_gateways_admits_exactly_the_limit(gateways: list[str]) -> None:

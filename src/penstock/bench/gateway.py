@@ -206,7 +206,7 @@ def _gateway(redis_url: str | None) -> Iterator[tuple[int, str]]:
             server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, server, Path(home) / "gateway.log")
+            wait_ready(base, server, Path(home) / "gateway.log")
             yield port, _bench_key(base)
         finally:
             server.send_signal(signal.SIGINT)
@@ -217,7 +217,8 @@ def _gateway(redis_url: str | None) -> Iterator[tuple[int, str]]:
                 server.wait()
 
 
-def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    """Return once the server at `base` says ready; raise with its log's tail if it exits or never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
