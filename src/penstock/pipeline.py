@@ -14,6 +14,7 @@ from typing import Protocol
 from penstock.context.builder import ChatFormat, ContextBuilder
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
+from penstock.postprocess.tool_calls import ToolCallExtractor
 from penstock.router.router import Router
 from penstock.types import (
     ChatRequest,
@@ -58,12 +59,17 @@ class Pipeline:
 
     async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
         model = self._models[prepared.decision.deployment]
+        request = prepared.request
+        tool_calls = ToolCallExtractor(request) if request.calls_tools else None
         start = last = perf_counter()
-        async for event in model.generate(prepared.prompt, prepared.request.sampling, prepared.request.priority):
+        async for event in model.generate(prepared.prompt, request.sampling, request.priority):
             now = perf_counter()
             # The first event closes prefill (and the first token); everything after it is decode.
             timer.add("decode" if last > start else "prefill", now - last)
-            last = now
+            if tool_calls is not None:
+                with timer.stage("post"):
+                    event = tool_calls.process(event)
+            last = perf_counter()
             yield event
 
     async def complete(self, prepared: Prepared, timer: StageTimer) -> Completion:

@@ -11,14 +11,51 @@ from typing import Literal
 from penstock.identity import KeyScopes, TenantLimits
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 RequestPriority = Literal["interactive", "batch"]  # interactive runs first; FCFS within a class
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made: its arguments are the JSON text it wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the client offers the model; `parameters` is its arguments' JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object"}'  # JSON text, so the request stays hashable and frozen
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: which call this is the result of
+
+
+# How JSON under a grammar is laid out: as json.dumps writes it (llguidance's options). Flexible
+# whitespace let the small model, sampled hot, pad with newlines until max_tokens ran out (one
+# answer in three, measured).
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """What the output must match, enforced token by token while decoding.
+
+    kind json_schema: `source` is a JSON schema; regex: a regular expression; lark: llguidance's Lark.
+    """
+
+    kind: Literal["json_schema", "regex", "lark"]
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +80,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     n: int = 1
+    grammar: Grammar | None = None
 
     @property
     def greedy_only(self) -> bool:
@@ -78,6 +116,13 @@ class ChatRequest:
     include_usage: bool = False
     raw_prompt: str | None = None  # /v1/completions: text given as is, no chat template
     priority: RequestPriority = "interactive"
+    tools: tuple[Tool, ...] = ()
+    # "none", "auto", "required", or the one tool's name the model must call
+    tool_choice: str = "auto"
+
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +171,7 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     index: int = 0  # which of the n choices
+    tool_calls: tuple[ToolCall, ...] = ()  # on the last event, once post-processing found them
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +190,7 @@ class Choice:
     text: str
     finish_reason: FinishReason
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -40,3 +41,21 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://penstock", headers=headers) as client:
         yield client
+
+
+SdkFor = Callable[[str], openai.AsyncOpenAI]
+
+
+@pytest.fixture
+async def sdk_for(app: FastAPI) -> AsyncIterator[SdkFor]:
+    """The official SDK, talking to this test's app in process, with a given key."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(api_key: str) -> openai.AsyncOpenAI:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://penstock")
+        clients.append(http)
+        return openai.AsyncOpenAI(base_url="http://penstock/v1", api_key=api_key, http_client=http, max_retries=0)
+
+    yield make
+    for http in clients:
+        await http.aclose()

@@ -3,14 +3,11 @@ and the official SDK raising its own exception classes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 
-from tests.gateway.conftest import MODEL
+from tests.gateway.conftest import MODEL, SdkFor
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 
@@ -47,24 +44,6 @@ async def test_a_tenant_limit_binds_all_its_keys_together(client: httpx.AsyncCli
 async def test_the_master_key_is_not_limited(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=ONE_TOKEN)
     assert response.status_code == 200 and "x-ratelimit-limit-requests" not in response.headers
-
-
-SdkFor = Callable[[str], openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def sdk_for(app: FastAPI) -> AsyncIterator[SdkFor]:
-    """The official SDK, talking to this test's app in process, with a given key."""
-    clients: list[httpx.AsyncClient] = []
-
-    def make(api_key: str) -> openai.AsyncOpenAI:
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://penstock")
-        clients.append(http)
-        return openai.AsyncOpenAI(base_url="http://penstock/v1", api_key=api_key, http_client=http, max_retries=0)
-
-    yield make
-    for http in clients:
-        await http.aclose()
 
 
 async def test_the_sdk_raises_its_own_class_for_each_refusal(client: httpx.AsyncClient, sdk_for: SdkFor) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 import torch
 
+from penstock.engine.grammar import GrammarCompiler
 from penstock.engine.llm_engine import EngineConfig, EngineStats, LLMEngine
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.model import ModelArgs
@@ -48,6 +49,7 @@ class AsyncEngine:
         self._thread.start()
         self.core = ready.result()
         self.loaded = self.core.runner.loaded
+        self.grammars = GrammarCompiler(self.loaded.tokenizer)
 
     @classmethod
     def load(
@@ -72,6 +74,8 @@ class AsyncEngine:
         Closing the iterator early aborts the request and frees its blocks.
         """
         seq = self._sequence(prompt, params, priority)
+        if params.grammar is not None:  # compiled off the event loop: a large schema takes a while
+            seq.token_mask = await asyncio.to_thread(self.grammars.mask, params.grammar, self.loaded.args.vocab_size)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | Exception] = asyncio.Queue()
         push = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)  # noqa: E731

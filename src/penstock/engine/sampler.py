@@ -48,7 +48,7 @@ def sample_row(logits: Tensor, seq: Sequence) -> tuple[int, Logprob | None]:
     if seq.token_mask is not None:
         allowed = seq.token_mask(seq)
         if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
     token = draw(scores, seq.params, seq.rng)
     return token, logprob_of(raw, token, seq.params) if seq.params.logprobs else None
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from enum import Enum, IntEnum
 from itertools import count
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -18,6 +18,16 @@ class Priority(IntEnum):
 
     INTERACTIVE = 0
     BATCH = 1
+
+
+class TokenMask(Protocol):
+    """Grammar-constrained decoding: the tokens a sequence may sample next (None: any)."""
+
+    def __call__(self, seq: Sequence) -> Tensor | None: ...
+
+    def fork(self) -> TokenMask:
+        """The same constraint at the same point, for another choice that goes its own way."""
+        ...
 
 
 class Status(Enum):
@@ -55,8 +65,7 @@ class Sequence:
         self.num_computed = 0  # tokens whose keys and values are in the cache
         self.num_cached = 0  # of those, how many came from the prefix cache at admission
         self.preemptions = 0
-        # Grammar-constrained decoding plugs in here: the tokens allowed next, or None for all.
-        self.token_mask: Callable[[Sequence], Tensor | None] | None = None
+        self.token_mask: TokenMask | None = None
         self.index = 0  # which of the request's n choices
         self.first_scheduled: float | None = None  # monotonic times, for the engine's metrics
         self.last_token_at: float | None = None
@@ -93,7 +102,8 @@ class Sequence:
             arrival=self.arrival,
         )
         child.prompt_len = self.prompt_len
-        child.token_mask, child.index = self.token_mask, index
+        child.token_mask = self.token_mask.fork() if self.token_mask else None
+        child.index = index
         return child
 
     def reset_for_recompute(self) -> None:

@@ -12,6 +12,7 @@ from penstock.config import DeploymentConfig, EngineSettings
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.gguf_loader import has_4bit_layers
+from penstock.engine.grammar import GrammarCompiler
 from penstock.engine.kernel_choice import fastest_kv_dtype
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.loader import Quantize, load_chat_model
@@ -22,7 +23,7 @@ from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Priority
 from penstock.engine.tokenizer import Tokenizer
-from penstock.types import Message, Prompt, RequestPriority, SamplingParams, TokenEvent
+from penstock.types import Grammar, Message, Prompt, RequestPriority, SamplingParams, TokenEvent
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,10 +31,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ChatCodec:
     """A model's prompt side: chat template, tokenizer and context window (the pipeline's ChatFormat)."""
 
-    def __init__(self, template: ChatTemplate, tokenizer: Tokenizer, context_window: int) -> None:
+    def __init__(
+        self, template: ChatTemplate, tokenizer: Tokenizer, context_window: int, grammars: GrammarCompiler | None = None
+    ) -> None:
         self._template = template
         self._tokenizer = tokenizer
         self.context_window = context_window
+        self._grammars = grammars or GrammarCompiler(tokenizer)
 
     def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
         """The conversation as the model sees it; message text can never become control tokens."""
@@ -44,10 +48,15 @@ class ChatCodec:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
 
+    def check_grammar(self, grammar: Grammar) -> None:
+        """Compile the grammar now (cached for generation), so an invalid one fails before admission."""
+        self._grammars.compile(grammar)
+
 
 class ServedModel(ChatCodec):
     def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine.loaded.chat_template, engine.loaded.tokenizer, engine.context_window)
+        loaded = engine.loaded
+        super().__init__(loaded.chat_template, loaded.tokenizer, engine.context_window, engine.grammars)
         self.engine = engine
 
     def generate(

@@ -6,7 +6,8 @@ from penstock.config import PolicyConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from penstock.gateway.scopes import check_scopes
-from penstock.types import Caller, ChatRequest, Message, SamplingParams
+from penstock.gateway.structured import message_of, output_grammar, tools_of
+from penstock.types import Caller, ChatRequest, SamplingParams
 
 
 def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig) -> ChatRequest:
@@ -15,17 +16,19 @@ def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, p
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
-    check_scopes(caller, body.model, [t.function.name for t in body.tools or []], max_tokens)
+    tools, tool_choice = tools_of(body)
+    check_scopes(caller, body.model, [t.name for t in tools], max_tokens)
     return ChatRequest(
         request_id=request_id,
         model=body.model,
-        # OpenAI's "developer" role is the newer name for "system".
-        messages=tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages),
+        messages=tuple(message_of(m) for m in body.messages),
         sampling=sampling_params(body, max_tokens, logprobs=body.logprobs, top=body.top_logprobs),
         caller=caller,
         stream=body.stream,
         include_usage=body.include_usage,
         priority=body.priority,
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -64,4 +67,5 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, *, logprobs: b
         logprobs=logprobs,
         top_logprobs=top,
         n=body.n,
+        grammar=output_grammar(body),
     )

@@ -18,12 +18,15 @@ from penstock.gateway.schemas import (
     CompletionChoice,
     CompletionLogprobs,
     Delta,
+    FunctionCall,
     TextCompletion,
     TokenLogprobOut,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprobOut,
     UsageOut,
 )
-from penstock.types import Completion, TokenEvent, TokenLogprob, Usage
+from penstock.types import Completion, TokenEvent, TokenLogprob, ToolCall, Usage
 
 
 class Shape(Protocol):
@@ -40,6 +43,10 @@ def usage_out(usage: Usage) -> UsageOut:
     return UsageOut(
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
     )
+
+
+def tool_calls_out(calls: tuple[ToolCall, ...]) -> list[ToolCallOut]:
+    return [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
 
 
 def chat_logprobs(logprobs: tuple[TokenLogprob, ...]) -> ChoiceLogprobs | None:
@@ -79,7 +86,9 @@ class ChatShape:
         choices = [
             Choice(
                 index=c.index,
-                message=AssistantMessage(content=c.text),
+                message=AssistantMessage(
+                    content=c.text if c.text or not c.tool_calls else None, tool_calls=tool_calls_out(c.tool_calls)
+                ),
                 finish_reason=c.finish_reason,
                 logprobs=chat_logprobs(c.logprobs),
             )
@@ -101,6 +110,9 @@ class ChatShape:
         if event.text or event.logprobs:
             delta = Delta(content=event.text)
             out.append(self._chunk(ChunkChoice(index=event.index, delta=delta, logprobs=chat_logprobs(event.logprobs))))
+        if event.tool_calls:
+            calls = [ToolCallDelta(index=i, **c.model_dump()) for i, c in enumerate(tool_calls_out(event.tool_calls))]
+            out.append(self._chunk(ChunkChoice(index=event.index, delta=Delta(tool_calls=calls))))
         if event.finish_reason:
             out.append(self._chunk(ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.finish_reason)))
         return out

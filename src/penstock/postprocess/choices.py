@@ -20,4 +20,5 @@ def _choice(index: int, events: list[TokenEvent]) -> Choice:
         text="".join(e.text for e in events),
         finish_reason=events[-1].finish_reason or "stop",
         logprobs=tuple(lp for e in events for lp in e.logprobs),
+        tool_calls=events[-1].tool_calls,
     )
