@@ -21,6 +21,7 @@ from penstock.engine.served import ServedModel, load_served_models
 from penstock.gateway import admin, chat, embeddings, health, metrics, models
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
+from penstock.gateway.draining import Draining
 from penstock.gateway.error_handlers import install_error_handlers
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.ledger_writer import LedgerWriter
@@ -56,6 +57,7 @@ def build_app(
     """The service. `served` (with the `registry` its engines report to) shares models already loaded,
     as tests do; `with_database=False` is the engine worker, which keeps no state of its own."""
     registry = registry or CollectorRegistry()
+    draining = Draining()  # the server starts it on a shutdown signal (cli/serve.py)
     own_registry = CollectorRegistry()  # this app's gateway metrics; `registry` may be shared by several apps
 
     @asynccontextmanager
@@ -66,7 +68,7 @@ def build_app(
         embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
-                services = _services(settings, loaded, state, (registry, own_registry), limiter, embedder)
+                services = _services(settings, loaded, state, (registry, own_registry), limiter, embedder, draining)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
                 yield
@@ -77,6 +79,7 @@ def build_app(
                     model.close()
 
     app = FastAPI(title="Penstock", version=__version__, lifespan=lifespan)
+    app.state.draining = draining
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
     if settings.policy.cors_origins:
@@ -152,6 +155,7 @@ def _services(
     registries: tuple[CollectorRegistry, ...],
     limiter: RateLimiter,
     embedder: Embedder,
+    draining: Draining,
 ) -> Services:
     router = Router(models)
     pipeline = Pipeline(router, ContextBuilder(settings.policy.default_max_tokens), models)
@@ -168,4 +172,5 @@ def _services(
         usage=UsageRecorder({d.name: d for d in settings.deployments}, state.ledger, state.quotas),
         keys=state.keys,
         key_cache=state.key_cache,
+        draining=draining,
     )

@@ -121,3 +121,11 @@ class DependencyUnavailable(PenstockError):
 class DeadlineExceeded(PenstockError):
     status = 504
     type = "timeout"
+
+
+class ShuttingDown(PenstockError):
+    """The server's shutdown grace period ran out before this stream finished."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "shutting_down"

@@ -41,7 +41,7 @@ def test_sdk_embeddings(sdk: openai.OpenAI) -> None:
 
 
 def test_sdk_lists_the_model(sdk: openai.OpenAI) -> None:
-    assert [m.id for m in sdk.models.list()] == [DEFAULT_MODEL_NAME]
+    assert [m.id for m in sdk.models.list()] == [DEFAULT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL]
 
 
 def test_sdk_raises_its_own_error_classes(server: RunningServer, sdk: openai.OpenAI) -> None:
@@ -71,6 +71,23 @@ def test_ctrl_c_lets_a_stream_finish_then_stops_embedded_postgres(tmp_path: Path
     assert "data: [DONE]" in rest and not any('"error"' in line for line in rest)  # it finished in the grace period
     assert running.process.wait(timeout=60) == 0
     assert not pid_file.exists()  # postgres removes it as it shuts down
+
+
+def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(tmp_path: Path) -> None:
+    running = start_server(tmp_path, PENSTOCK_POLICY__SHUTDOWN_GRACE_S="2")
+    story = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+    long = {"model": DEFAULT_MODEL_NAME, "messages": story, "max_tokens": 4000, "stream": True}
+    with httpx.stream("POST", f"{running.base_url}/v1/chat/completions", json=long, timeout=60) as response:
+        lines = response.iter_lines()
+        assert any('"content":"' in line for line in lines)
+        signalled = time.monotonic()
+        running.process.send_signal(signal.SIGINT)
+        rest = [line for line in lines if line.startswith("data: ")]
+    waited = time.monotonic() - signalled
+    assert rest[-1] == "data: [DONE]"
+    assert '"code": "shutting_down"' in rest[-2]  # told why, in OpenAI's error shape, before the end
+    assert waited < 10  # the grace period, not the 4,000 tokens
+    assert running.process.wait(timeout=60) == 0
 
 
 def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:

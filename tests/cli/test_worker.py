@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from penstock.config import DEFAULT_MODEL_NAME
+from penstock.config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL_NAME
 from tests.cli.conftest import RunningServer, start_server, stop_server
 
 
@@ -27,7 +27,7 @@ def test_worker_answers_chat_and_text_completions(worker: RunningServer) -> None
         model=DEFAULT_MODEL_NAME, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True
     )
     assert "Paris" in "".join(c.choices[0].text for c in stream if c.choices)
-    assert [m.id for m in sdk.models.list()] == [DEFAULT_MODEL_NAME]
+    assert [m.id for m in sdk.models.list()] == [DEFAULT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL]
 
 
 def test_worker_exports_metrics_and_keeps_no_database(worker: RunningServer) -> None:

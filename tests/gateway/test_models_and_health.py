@@ -1,14 +1,16 @@
 import httpx
 
+from penstock.config import DEFAULT_EMBEDDING_MODEL as EMBEDDING_MODEL
 from tests.gateway.conftest import MODEL
 from tests.helpers import database_refusing
 
 
-async def test_models_lists_the_deployments(client: httpx.AsyncClient) -> None:
+async def test_models_lists_the_deployments_and_the_embedding_model(client: httpx.AsyncClient) -> None:
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == [MODEL]
+    assert [m["id"] for m in body["data"]] == [MODEL, EMBEDDING_MODEL]
     assert body["data"][0]["object"] == "model"
+    assert (await client.get(f"/v1/models/{EMBEDDING_MODEL}")).json()["id"] == EMBEDDING_MODEL
 
 
 async def test_single_model_and_unknown_model(client: httpx.AsyncClient) -> None:

@@ -1,16 +1,18 @@
-"""Request ids and CORS."""
+"""Request ids, CORS and shutdown."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from penstock.app import build_app
 from penstock.config import PolicyConfig, Settings
 from penstock.engine.served import ServedModel
-from tests.gateway.conftest import ADMIN_KEY
+from tests.gateway.conftest import ADMIN_KEY, MODEL
 
 
 async def test_a_clients_request_id_is_echoed_and_a_missing_one_is_made(client: httpx.AsyncClient) -> None:
@@ -39,3 +41,14 @@ async def test_cors_allows_configured_origins_and_exposes_the_limit_headers(
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
     assert "x-ratelimit-remaining-requests" in simple.headers["access-control-expose-headers"]
+
+
+async def test_a_stream_past_the_grace_period_ends_with_an_error(app: FastAPI, client: httpx.AsyncClient) -> None:
+    app.state.draining.begin(0)  # shutdown began with no grace at all: the stream stops at its first event
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "stream": True}
+    response = await client.post("/v1/chat/completions", json={**body, "max_tokens": 200})
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "shutting_down"
+    content = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-2]]
+    assert len([c for c in content if c]) <= 1  # it stopped at once, not after 200 tokens

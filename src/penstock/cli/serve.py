@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from contextlib import suppress
 from pathlib import Path
+from types import FrameType
 
 import typer
 import uvicorn
 
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
+from penstock.gateway.draining import Draining
 from penstock.observability.logging import configure_logging
 
 HostOption = typer.Option(None, help="Address to listen on (default from config: 127.0.0.1).")
@@ -38,14 +41,24 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
     from penstock.app import build_app  # imported late: it pulls in torch, which `--help` need not wait for
 
     app = build_app(settings, with_database=with_database)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.policy.shutdown_grace_s,
+    grace = settings.policy.shutdown_grace_s
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=grace
     )
+    with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled; it was handled
+        DrainingServer(config, app.state.draining, grace).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, telling open streams when the grace period they have to finish in began."""
+
+    def __init__(self, config: uvicorn.Config, draining: Draining, grace_s: float) -> None:
+        super().__init__(config)
+        self._draining, self._grace_s = draining, grace_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._draining.begin(self._grace_s)
+        super().handle_exit(sig, frame)
 
 
 def _is_loopback(host: str) -> bool:

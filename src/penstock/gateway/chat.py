@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from penstock.errors import PenstockError
 from penstock.gateway.convert import chat_request, text_request
 from penstock.gateway.respond import respond
 from penstock.gateway.schemas import (
@@ -43,7 +39,7 @@ async def chat_completions(
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     request_id = request.state.request_id
-    with _recorded_refusal(svc, request_id, who, "chat.completions", body.model):
+    with svc.usage.refusals(request_id, who, "chat.completions", body.model):
         with timer.stage("gateway"):
             chat = chat_request(body, request_id, who, svc.policy)
         prepared = svc.pipeline.prepare(chat, timer)
@@ -61,19 +57,9 @@ async def completions(
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     request_id = request.state.request_id
-    with _recorded_refusal(svc, request_id, who, "completions", body.model):
+    with svc.usage.refusals(request_id, who, "completions", body.model):
         with timer.stage("gateway"):
             text = text_request(body, request_id, who)
         prepared = svc.pipeline.prepare(text, timer)
         shape = TextShape(f"cmpl-{request_id}", text.model, echo=text.raw_prompt if body.echo else "")
         return await respond(svc, prepared, "completions", timer, shape, response)
-
-
-@contextmanager
-def _recorded_refusal(svc: Services, request_id: str, who: Caller, route: str, model: str) -> Iterator[None]:
-    """A request refused before it was answered still leaves its ledger row."""
-    try:
-        yield
-    except PenstockError as exc:
-        svc.usage.refused(request_id, who, route, model, exc)
-        raise

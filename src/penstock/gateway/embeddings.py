@@ -12,7 +12,7 @@ import struct
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from penstock.errors import InvalidRequest, ModelNotFound, PenstockError
+from penstock.errors import InvalidRequest, ModelNotFound
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.schemas import EmbeddingList, EmbeddingOut, EmbeddingRequest, EmbeddingUsage
 from penstock.gateway.scopes import check_scopes
@@ -34,15 +34,12 @@ async def embeddings(
     svc: Services = Depends(services),
 ) -> EmbeddingList:
     timer, request_id = StageTimer(), request.state.request_id
-    try:
+    with svc.usage.refusals(request_id, who, ROUTE, body.model):
         with timer.stage("gateway"):
             texts, counts = _validated(body, who, svc)
         with timer.stage("admission"):
             svc.usage.check_budget(who)
             ticket = await svc.limiter.admit(who, request_id, sum(counts))
-    except PenstockError as exc:
-        svc.usage.refused(request_id, who, ROUTE, body.model, exc)
-        raise
     response.headers.update(ticket.headers)
     status = "error"
     try:

@@ -41,7 +41,7 @@ async def respond(
         def on_done(status: str, events: list[TokenEvent]) -> None:
             settle(status, usage_of(prepared.prompt, events).completion_tokens)
 
-        stream = event_stream(svc.pipeline, prepared, timer, shape, on_done)
+        stream = event_stream(svc.pipeline, prepared, timer, shape, on_done, svc.draining)
         headers = {**ticket.headers, "Cache-Control": "no-cache"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     response.headers.update(ticket.headers)

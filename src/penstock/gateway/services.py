@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from penstock.config import PolicyConfig
 from penstock.gateway.auth import Authenticator
+from penstock.gateway.draining import Draining
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.usage import UsageRecorder
@@ -32,6 +33,7 @@ class Services:
     limiter: RateLimiter
     usage: UsageRecorder
     embedder: Embedder
+    draining: Draining
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
     key_cache: KeyCache | None = None
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import structlog
 
 from penstock.errors import PenstockError
+from penstock.gateway.draining import Draining
 from penstock.gateway.shapes import Shape
 from penstock.observability.timing import StageTimer
 from penstock.pipeline import Pipeline, Prepared, usage_of
@@ -26,16 +28,20 @@ async def event_stream(
     timer: StageTimer,
     shape: Shape,
     on_done: Callable[[str, list[TokenEvent]], None],
+    draining: Draining,
 ) -> AsyncIterator[bytes]:
     events: list[TokenEvent] = []
     status = "error"
     try:
         for chunk in shape.opening(prepared.request.sampling.n):
             yield sse(chunk.model_dump_json())
-        async for event in pipeline.generate(prepared, timer):
-            events.append(event)
-            for chunk in shape.chunks(event):
-                yield sse(chunk.model_dump_json())
+        # aclosing: a stream cut short (shutdown, an error) aborts its generation at once.
+        async with aclosing(pipeline.generate(prepared, timer)) as generation:
+            async for event in generation:
+                events.append(event)
+                for chunk in shape.chunks(event):
+                    yield sse(chunk.model_dump_json())
+                draining.check()
         if prepared.request.include_usage:
             yield sse(shape.usage_chunk(usage_of(prepared.prompt, events)).model_dump_json())
         status = "ok"

@@ -6,7 +6,8 @@ was known, a 429) carry the error code as their status and no tokens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from penstock.config import DeploymentConfig
@@ -83,6 +84,15 @@ class UsageRecorder:
         status = error.code or error.type
         row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=model)
         self._write(row)
+
+    @contextmanager
+    def refusals(self, request_id: str, caller: Caller, route: str, model: str | None) -> Iterator[None]:
+        """A request refused before it was answered still leaves its ledger row."""
+        try:
+            yield
+        except PenstockError as exc:
+            self.refused(request_id, caller, route, model, exc)
+            raise
 
     def cost(self, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:
         config = self._deployments.get(deployment)
