@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,5 +55,11 @@ async def test_ten_times_the_limit_across_three_gateways_admits_exactly_the_limi
         sends = [
             client.post(f"{gateways[i % 3]}/v1/chat/completions", json=BODY, headers=key) for i in range(10 * limit)
         ]
+        started = time.monotonic()
         statuses = [r.status_code for r in await asyncio.gather(*sends)]
-    assert statuses.count(200) == limit and statuses.count(429) == 9 * limit
+        elapsed = time.monotonic() - started
+    # A per-minute limit earns one more request every 60 / limit seconds; on a loaded machine the
+    # burst can outlast that, and the earned request is rightly admitted. Nothing beyond it is.
+    earned = int(elapsed // (60 / limit))
+    assert limit <= statuses.count(200) <= limit + earned, (statuses.count(200), elapsed)
+    assert statuses.count(200) + statuses.count(429) == 10 * limit
