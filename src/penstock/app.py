@@ -14,11 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from penstock import __version__
-from penstock.config import Settings
+from penstock.config import RetrievalConfig, Settings
 from penstock.context.builder import ContextBuilder
 from penstock.engine.locator import locate_embedding_model
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import admin, chat, embeddings, health, metrics, models
+from penstock.gateway import admin, chat, collections, embeddings, health, metrics, models
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
@@ -31,14 +31,20 @@ from penstock.gateway.limiter_redis import RedisBackend
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.rate_limits import RATELIMIT_HEADERS
 from penstock.gateway.request_id import RequestIdMiddleware
-from penstock.gateway.services import Check, Services
+from penstock.gateway.services import Check, RetrievalServices, Services
 from penstock.gateway.usage import UsageRecorder
 from penstock.identity import Tenant
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.pipeline import Pipeline
+from penstock.retrieval.chunker import Chunker, ChunkingConfig
 from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.ingest import Ingestor
+from penstock.retrieval.query_cache import QueryEmbeddings
+from penstock.retrieval.reranker import MaxSimReranker
+from penstock.retrieval.retriever import Retriever, RetrieverConfig
 from penstock.router.router import Router
+from penstock.store.documents import DocumentStore
 from penstock.store.keys import KeyStore
 from penstock.store.ledger import LedgerStore
 from penstock.store.redis import connect_redis
@@ -66,13 +72,18 @@ def build_app(
             served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
         )
         embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
+        reranker = MaxSimReranker(embedder)
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
-                services = _services(settings, loaded, state, (registry, own_registry), limiter, embedder, draining)
+                retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
+                services = _services(
+                    settings, loaded, state, (registry, own_registry), limiter, embedder, draining, retrieval
+                )
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
                 yield
         finally:
+            reranker.close()
             embedder.close()
             if served is None:  # only what this app loaded is this app's to release
                 for model in loaded.values():
@@ -91,7 +102,7 @@ def build_app(
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
     app.add_middleware(RequestIdMiddleware)
-    for module in (chat, embeddings, models, admin, health, metrics):
+    for module in (chat, embeddings, models, collections, admin, health, metrics):
         app.include_router(module.router)
     return app
 
@@ -105,6 +116,7 @@ class _State:
     key_cache: KeyCache | None = None
     ledger: LedgerWriter | None = None
     quotas: QuotaBook | None = None
+    documents: DocumentStore | None = None
 
 
 @asynccontextmanager
@@ -122,7 +134,7 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
         await quotas.start()
         writer.start()
         try:
-            yield _State({"database": database.ping}, keys, cache, writer, quotas)
+            yield _State({"database": database.ping}, keys, cache, writer, quotas, DocumentStore(database))
         finally:
             await writer.stop()
             await quotas.stop()
@@ -156,12 +168,15 @@ def _services(
     limiter: RateLimiter,
     embedder: Embedder,
     draining: Draining,
+    retrieval: RetrievalServices | None,
 ) -> Services:
     router = Router(models)
-    pipeline = Pipeline(router, ContextBuilder(settings.policy.default_max_tokens), models)
+    builder = ContextBuilder(settings.policy.default_max_tokens, settings.retrieval.max_per_source)
+    pipeline = Pipeline(router, builder, models, retrieval.retriever if retrieval else None)
     return Services(
         auth=Authenticator(settings.admin_key, state.key_cache),
         policy=settings.policy,
+        retrieval_defaults=settings.retrieval,
         pipeline=pipeline,
         models=router.models,
         created=int(time.time()),
@@ -173,4 +188,17 @@ def _services(
         keys=state.keys,
         key_cache=state.key_cache,
         draining=draining,
+        retrieval=retrieval,
     )
+
+
+def _retrieval(
+    config: RetrievalConfig, documents: DocumentStore | None, embedder: Embedder, reranker: MaxSimReranker
+) -> RetrievalServices | None:
+    if documents is None:
+        return None
+    searches = RetrieverConfig(config.candidates, config.min_similarity, config.rerank_timeout_s)
+    queries = QueryEmbeddings(embedder, config.query_cache_size)
+    retriever = Retriever(documents, queries, reranker if config.rerank else None, searches)
+    chunker = Chunker(embedder.tokenizer, ChunkingConfig(config.chunk_tokens, config.chunk_overlap_tokens))
+    return RetrievalServices(documents, Ingestor(documents, embedder, chunker), retriever)

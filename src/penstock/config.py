@@ -84,6 +84,24 @@ class PolicyConfig(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API; "*" for any
 
 
+class RetrievalConfig(BaseModel):
+    """Retrieval and the context it builds: defaults a chat request's `penstock` options override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_collections: list[str] = Field(default_factory=list)  # used when a chat request names none
+    top_k: int = Field(default=8, ge=1, le=100)  # passages offered to the context builder
+    max_context_tokens: int = Field(default=1024, ge=64)  # retrieved text in the prompt, in chat-model tokens
+    max_per_source: int = Field(default=3, ge=1)  # so one large document cannot crowd out the rest
+    candidates: int = Field(default=30, ge=1, le=1000)  # rows each search returns; the reranker sees these
+    min_similarity: float = Field(default=0.2, ge=-1, le=1)  # dense hits below it are noise, not answers
+    rerank: bool = True
+    rerank_timeout_s: float = Field(default=2.0, gt=0)  # then the fused order is used
+    chunk_tokens: int = Field(default=200, ge=16, le=512)  # in embedding-model tokens, heading included
+    chunk_overlap_tokens: int = Field(default=32, ge=0)
+    query_cache_size: int = Field(default=4096, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PENSTOCK_", extra="forbid", env_nested_delimiter="__")
 
@@ -106,6 +124,7 @@ class Settings(BaseSettings):
     tenants: list[TenantConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

@@ -44,6 +44,10 @@ class KeyScopes(BaseModel):
     models: tuple[str, ...] | None = None
     tools: tuple[str, ...] | None = None
     collections: tuple[str, ...] | None = None
+    # Whose documents retrieval reads: a key naming a user or groups reads as exactly those; a key
+    # without them (a trusted backend's) asserts the end user and groups per request.
+    user: str | None = None
+    groups: tuple[str, ...] | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     admin: bool = False
     limits: RateLimits = RateLimits()

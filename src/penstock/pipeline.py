@@ -6,12 +6,13 @@ Retrieval joins between routing and context building when collections are config
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Protocol
 
 from penstock.context.builder import ChatFormat, ContextBuilder
+from penstock.errors import DependencyUnavailable
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.postprocess.tool_calls import ToolCallExtractor
@@ -19,8 +20,10 @@ from penstock.router.router import Router
 from penstock.types import (
     ChatRequest,
     Completion,
+    Principal,
     Prompt,
     RequestPriority,
+    Retrieval,
     RouteDecision,
     SamplingParams,
     TokenEvent,
@@ -36,28 +39,58 @@ class Model(ChatFormat, Protocol):
     ) -> AsyncIterator[TokenEvent]: ...
 
 
+class Retrieve(Protocol):
+    async def retrieve(
+        self, query: str, principal: Principal, collections: Sequence[str], top_k: int, *, rerank: bool = True
+    ) -> Retrieval: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     request: ChatRequest
     decision: RouteDecision
     prompt: Prompt
+    retrieval: Retrieval | None = None
 
 
 class Pipeline:
-    def __init__(self, router: Router, builder: ContextBuilder, models: Mapping[str, Model]) -> None:
+    def __init__(
+        self, router: Router, builder: ContextBuilder, models: Mapping[str, Model], retriever: Retrieve | None = None
+    ) -> None:
         self._router = router
         self._builder = builder
         self._models = models
+        self._retriever = retriever
 
-    def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
+    async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
         """Everything that can reject the request runs here, before a byte of the answer is sent."""
         with timer.stage("route"):
             decision = self._router.route(request)
+        retrieval = await self._retrieve(request, timer)
         with timer.stage("context"):
-            prompt, request = self._builder.build(request, self._models[decision.deployment])
-        return Prepared(request, decision, prompt)
+            prompt, request = self._builder.build(request, self._models[decision.deployment], retrieval)
+        return Prepared(request, decision, prompt, retrieval)
+
+    async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:
+        options = request.retrieval
+        if options is None:
+            return None
+        if self._retriever is None:
+            raise DependencyUnavailable("retrieval needs the database, which this server runs without")
+        query = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        with timer.stage("retrieval"):
+            found = await self._retriever.retrieve(
+                query, options.principal, options.collections, options.top_k, rerank=options.rerank
+            )
+        for name, seconds in found.stage_seconds.items():
+            timer.add(f"retrieval.{name}", seconds)
+        return found
 
     async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
+        if prepared.prompt.answer is not None:  # decided without the model: every choice says it
+            for index in range(prepared.request.sampling.n):
+                yield TokenEvent(prepared.prompt.answer, (), "stop", index=index)
+            return
         model = self._models[prepared.decision.deployment]
         request = prepared.request
         tool_calls = ToolCallExtractor(request) if request.calls_tools else None

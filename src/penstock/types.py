@@ -119,6 +119,7 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     # "none", "auto", "required", or the one tool's name the model must call
     tool_choice: str = "auto"
+    retrieval: RetrievalOptions | None = None
 
     @property
     def calls_tools(self) -> bool:
@@ -133,20 +134,65 @@ class RouteDecision:
 
 
 @dataclass(frozen=True, slots=True)
-class Passage:
-    """A retrieved chunk with its provenance."""
+class Acl:
+    """Who may read a document: the listed users and groups; the whole tenant when both are empty."""
 
-    chunk_id: str
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Whose documents a request may read: its tenant, and the end user and groups it acts for."""
+
+    tenant: str
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalOptions:
+    """A chat request's opt-in to retrieval (`extra_body={"penstock": {...}}`)."""
+
+    collections: tuple[str, ...]
+    principal: Principal
+    top_k: int = 8
+    max_context_tokens: int = 1024
+    rerank: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrieved chunk with its provenance, as the context builder receives it."""
+
+    chunk_id: int
     source: str
+    version: int
+    heading: str
     text: str
     score: float
+
+
+RetrievalStatus = Literal["ok", "empty", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieval:
+    """What retrieval found for a query, how long each sub-stage took, and what degraded on the way."""
+
+    passages: tuple[Passage, ...]
+    status: RetrievalStatus = "ok"
+    degraded: tuple[str, ...] = ()  # e.g. "rerank_timeout": a fallback was taken, the answer still came
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
     text: str
     token_ids: tuple[int, ...]
-    passages: tuple[Passage, ...] = ()
+    passages: tuple[Passage, ...] = ()  # numbered [1]..[n] in the prompt, in this order
+    flagged_lines: int = 0  # instruction-like lines defused in the passages (injection attempts)
+    answer: str | None = None  # a reply decided without the model: retrieval found nothing to answer from
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from penstock.cli import bench, chat, config_cmd, doctor, keys, serve
+from penstock.cli import bench, chat, config_cmd, doctor, evaluate, ingest, keys, serve
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
+app.command("ingest")(ingest.ingest)
+app.add_typer(evaluate.app, name="eval")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.add_typer(keys.tenants_app, name="tenants")

@@ -41,6 +41,8 @@ class KeyRequest(BaseModel):
     models: list[str] | None = None
     tools: list[str] | None = None
     collections: list[str] | None = None
+    user: str | None = None  # the end user this key reads documents as (omitted: asserted per request)
+    groups: list[str] | None = None  # the groups it reads documents as (omitted: asserted per request)
     max_tokens: int | None = Field(default=None, gt=0)
     admin: bool = False
     rpm: int | None = Field(default=None, gt=0)
@@ -53,6 +55,8 @@ class KeyRequest(BaseModel):
             models=_tuple(self.models),
             tools=_tuple(self.tools),
             collections=_tuple(self.collections),
+            user=self.user,
+            groups=_tuple(self.groups),
             max_tokens=self.max_tokens,
             admin=self.admin,
             limits=RateLimits(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent),

@@ -41,9 +41,9 @@ async def chat_completions(
     request_id = request.state.request_id
     with svc.usage.refusals(request_id, who, "chat.completions", body.model):
         with timer.stage("gateway"):
-            chat = chat_request(body, request_id, who, svc.policy)
-        prepared = svc.pipeline.prepare(chat, timer)
-        shape = ChatShape(f"chatcmpl-{request_id}", chat.model)
+            chat = chat_request(body, request_id, who, svc.policy, svc.retrieval_defaults)
+        prepared = await svc.pipeline.prepare(chat, timer)
+        shape = ChatShape(f"chatcmpl-{request_id}", chat.model, prepared.prompt, prepared.retrieval)
         return await respond(svc, prepared, "chat.completions", timer, shape, response)
 
 
@@ -60,6 +60,6 @@ async def completions(
     with svc.usage.refusals(request_id, who, "completions", body.model):
         with timer.stage("gateway"):
             text = text_request(body, request_id, who)
-        prepared = svc.pipeline.prepare(text, timer)
+        prepared = await svc.pipeline.prepare(text, timer)
         shape = TextShape(f"cmpl-{request_id}", text.model, echo=text.raw_prompt if body.echo else "")
         return await respond(svc, prepared, "completions", timer, shape, response)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from penstock.config import PolicyConfig
+from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.errors import InvalidRequest
-from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from penstock.gateway.scopes import check_scopes
+from penstock.gateway.principal import principal_of
+from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, PenstockOptions, SamplingFields
+from penstock.gateway.scopes import check_collections, check_scopes
 from penstock.gateway.structured import message_of, output_grammar, tools_of
-from penstock.types import Caller, ChatRequest, SamplingParams
+from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
 
 
-def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig) -> ChatRequest:
+def chat_request(
+    body: ChatCompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig, retrieval: RetrievalConfig
+) -> ChatRequest:
     if len(body.messages) > policy.max_messages:
         raise InvalidRequest(f"at most {policy.max_messages} messages are accepted", param="messages")
     if body.top_logprobs and not body.logprobs:
@@ -29,6 +32,22 @@ def chat_request(body: ChatCompletionRequest, request_id: str, caller: Caller, p
         priority=body.priority,
         tools=tools,
         tool_choice=tool_choice,
+        retrieval=retrieval_options(body.penstock or PenstockOptions(), caller, retrieval),
+    )
+
+
+def retrieval_options(options: PenstockOptions, caller: Caller, defaults: RetrievalConfig) -> RetrievalOptions | None:
+    """The request's retrieval, its own options over the deployment's defaults; None if no collection."""
+    collections = options.collections if options.collections is not None else defaults.default_collections
+    if not collections:
+        return None
+    check_collections(caller, collections)
+    return RetrievalOptions(
+        collections=tuple(collections),
+        principal=principal_of(caller, options.user, options.groups),
+        top_k=options.top_k or defaults.top_k,
+        max_context_tokens=options.max_context_tokens or defaults.max_context_tokens,
+        rerank=defaults.rerank if options.rerank is None else options.rerank,
     )
 
 

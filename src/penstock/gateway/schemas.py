@@ -125,8 +125,22 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
+class PenstockOptions(BaseModel):
+    """Penstock's own request options (`extra_body={"penstock": {...}}` in the SDK): retrieval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collections: list[str] | None = Field(default=None, max_length=16)  # omitted: the deployment's defaults
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    max_context_tokens: int | None = Field(default=None, ge=64)
+    rerank: bool | None = None
+    user: str | None = None  # the end user whose documents may be read (see gateway.principal)
+    groups: list[str] | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    penstock: PenstockOptions | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -187,6 +201,22 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
+class Citation(BaseModel):
+    """A passage the prompt quoted as [index]; `cited`: the answer refers to it."""
+
+    index: int
+    source: str
+    version: int
+    chunk_id: int
+    cited: bool
+
+
+class RetrievalInfo(BaseModel):
+    status: Literal["ok", "empty", "failed"]
+    degraded: list[str]
+    flagged_lines: int  # instruction-like lines defused in the passages
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -194,6 +224,9 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageOut
+    # Penstock's additions, present only for requests that used retrieval.
+    citations: list[Citation] | None = Field(default=None, exclude_if=lambda v: v is None)
+    retrieval: RetrievalInfo | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 def _absent(value: object) -> bool:
@@ -221,6 +254,9 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: UsageOut | None = Field(default=None, exclude_if=_absent)
+    # With retrieval: on the first chunk, the passages the prompt quoted (none yet marked cited).
+    citations: list[Citation] | None = Field(default=None, exclude_if=_absent)
+    retrieval: RetrievalInfo | None = Field(default=None, exclude_if=_absent)
 
 
 class CompletionLogprobs(BaseModel):

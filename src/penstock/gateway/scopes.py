@@ -1,4 +1,4 @@
-"""What the calling key may ask for: its models, its tools, its max_tokens cap. Checked before any work."""
+"""What the calling key may ask for: its models, tools, collections and max_tokens cap. Checked before any work."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def check_scopes(caller: Caller, model: str, tools: Sequence[str], max_tokens: i
     if max_tokens is not None and scopes.max_tokens is not None and max_tokens > scopes.max_tokens:
         raise InvalidRequest(
             f"max_tokens is {max_tokens}; this API key allows at most {scopes.max_tokens}", param="max_tokens"
+        )
+
+
+def check_collections(caller: Caller, collections: Sequence[str]) -> None:
+    allowed = caller.scopes.collections
+    denied = sorted(set(collections) - set(allowed)) if allowed is not None else []
+    if denied:
+        raise PermissionDenied(
+            f"this API key may not use the collections {denied}", param="collections", code="collection_not_allowed"
         )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from prometheus_client import CollectorRegistry
 
-from penstock.config import PolicyConfig
+from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.draining import Draining
 from penstock.gateway.key_cache import KeyCache
@@ -16,15 +16,28 @@ from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.usage import UsageRecorder
 from penstock.pipeline import Pipeline
 from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.ingest import Ingestor
+from penstock.retrieval.retriever import Retriever
+from penstock.store.documents import DocumentStore
 from penstock.store.keys import KeyStore
 
 Check = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
+class RetrievalServices:
+    """Documents in, passages out; present only when the app has its database."""
+
+    store: DocumentStore
+    ingestor: Ingestor
+    retriever: Retriever
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     auth: Authenticator
     policy: PolicyConfig
+    retrieval_defaults: RetrievalConfig
     pipeline: Pipeline
     models: tuple[str, ...]
     created: int
@@ -34,6 +47,7 @@ class Services:
     usage: UsageRecorder
     embedder: Embedder
     draining: Draining
+    retrieval: RetrievalServices | None = None
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
     key_cache: KeyCache | None = None
 

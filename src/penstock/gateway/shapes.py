@@ -15,10 +15,12 @@ from penstock.gateway.schemas import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    Citation,
     CompletionChoice,
     CompletionLogprobs,
     Delta,
     FunctionCall,
+    RetrievalInfo,
     TextCompletion,
     TokenLogprobOut,
     ToolCallDelta,
@@ -26,7 +28,8 @@ from penstock.gateway.schemas import (
     TopLogprobOut,
     UsageOut,
 )
-from penstock.types import Completion, TokenEvent, TokenLogprob, ToolCall, Usage
+from penstock.postprocess.citations import cited
+from penstock.types import Completion, Prompt, Retrieval, TokenEvent, TokenLogprob, ToolCall, Usage
 
 
 class Shape(Protocol):
@@ -80,6 +83,8 @@ def text_logprobs(logprobs: tuple[TokenLogprob, ...], offset: int) -> Completion
 class ChatShape:
     completion_id: str
     model: str
+    prompt: Prompt | None = None  # its passages become the response's citations
+    retrieval: Retrieval | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def body(self, completion: Completion) -> ChatCompletion:
@@ -100,10 +105,14 @@ class ChatShape:
             model=self.model,
             choices=choices,
             usage=usage_out(completion.usage),
+            citations=self._citations([c.text for c in completion.choices]),
+            retrieval=self._retrieval_info(),
         )
 
     def opening(self, n: int) -> list[BaseModel]:
-        return [self._chunk(ChunkChoice(index=i, delta=Delta(role="assistant", content=""))) for i in range(n)]
+        chunks = [self._chunk(ChunkChoice(index=i, delta=Delta(role="assistant", content=""))) for i in range(n)]
+        chunks[0] = chunks[0].model_copy(update={"citations": self._citations([]), "retrieval": self._retrieval_info()})
+        return chunks
 
     def chunks(self, event: TokenEvent) -> list[BaseModel]:
         out: list[BaseModel] = []
@@ -124,6 +133,24 @@ class ChatShape:
 
     def _chunk(self, choice: ChunkChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.completion_id, created=self.created, model=self.model, choices=[choice])
+
+    def _citations(self, answers: list[str]) -> list[Citation] | None:
+        if self.retrieval is None or self.prompt is None:
+            return None
+        passages = self.prompt.passages
+        used = cited(answers, len(passages))
+        return [
+            Citation(index=i, source=p.source, version=p.version, chunk_id=p.chunk_id, cited=i in used)
+            for i, p in enumerate(passages, start=1)
+        ]
+
+    def _retrieval_info(self) -> RetrievalInfo | None:
+        if self.retrieval is None:
+            return None
+        flagged = self.prompt.flagged_lines if self.prompt else 0
+        return RetrievalInfo(
+            status=self.retrieval.status, degraded=list(self.retrieval.degraded), flagged_lines=flagged
+        )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,12 @@ class Embedder:
         self._normalize = any(m.get("type", "").endswith("Normalize") for m in _read(path / "modules.json", []))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-embed")
         self._model: Any = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (no truncation, no padding): what chunk sizes are counted with."""
+        return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, as the model will see them."""
@@ -45,16 +52,31 @@ class Embedder:
         self._executor.shutdown(wait=True)
 
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> list[list[float]]:
+    def token_vectors(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Each text's contextual token embeddings, unit length, special tokens left out (for MaxSim).
+        Runs on the calling thread; texts are cut at max_tokens."""
+        hidden, mask, special = self._forward(list(texts), truncate=True)
+        keep = mask.bool() & ~special
+        vectors = torch.nn.functional.normalize(hidden, dim=-1)
+        return [vectors[row][keep[row]] for row in range(len(texts))]
+
+    def _forward(self, texts: list[str], *, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self._loaded()
         encodings = self._tokenizer.encode_batch(texts)
-        width = max(len(e.ids) for e in encodings)
+        rows = [e.ids[: self.max_tokens] if truncate else e.ids for e in encodings]
+        width = max(len(r) for r in rows)
         ids = torch.zeros(len(texts), width, dtype=torch.long)
         mask = torch.zeros(len(texts), width, dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
-            mask[row, : len(encoding.ids)] = 1
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        special = torch.zeros(len(texts), width, dtype=torch.bool)
+        for row, (encoding, kept) in enumerate(zip(encodings, rows, strict=True)):
+            ids[row, : len(kept)] = torch.tensor(kept)
+            mask[row, : len(kept)] = 1
+            special[row, : len(kept)] = torch.tensor(encoding.special_tokens_mask[: len(kept)], dtype=torch.bool)
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, special
+
+    @torch.inference_mode()
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        hidden, mask, _ = self._forward(texts)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         if self._normalize:
@@ -62,11 +84,12 @@ class Embedder:
         return vectors.tolist()
 
     def _loaded(self) -> Any:
-        if self._model is None:
-            from transformers import AutoModel  # heavy; only a process that embeds pays for it
+        torch.set_num_threads(1)  # this thread's pool (per thread under OpenMP); the engine keeps its own
+        with self._load_lock:  # the embedding and the reranking threads share one model
+            if self._model is None:
+                from transformers import AutoModel  # heavy; only a process that embeds pays for it
 
-            torch.set_num_threads(1)  # this thread's pool; the engine keeps its own
-            self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+                self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
         return self._model
 
 

@@ -1,0 +1,101 @@
+"""`penstock eval retrieval --dataset manpages|FILE [--json]`: retrieval quality, method by method."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from penstock.cli.options import ConfigOption, err_console, settings_or_exit
+from penstock.errors import PenstockError
+
+app = typer.Typer(help="Offline evaluation on labeled data.", no_args_is_help=True)
+
+
+@app.command("retrieval")
+def retrieval(
+    dataset: str = typer.Option(
+        "manpages", help="'manpages' (built from this machine's manual pages) or a JSONL file."
+    ),
+    limit: int = typer.Option(2000, min=10, help="Pages to sample for the manpages set."),
+    seed: int = typer.Option(0, help="Seed of the manpages sample."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Recall@1/5/10, MRR@10 and nDCG@10 for sparse, dense, hybrid and hybrid+rerank."""
+    from penstock.engine.locator import locate_embedding_model  # late: torch is slow to import
+    from penstock.evaluation import manpages
+    from penstock.evaluation.datasets import read_jsonl
+    from penstock.evaluation.retrieval_eval import EvalSetup, evaluate
+    from penstock.retrieval.chunker import Chunker
+    from penstock.retrieval.embedder import Embedder
+    from penstock.retrieval.ingest import Ingestor
+    from penstock.retrieval.query_cache import QueryEmbeddings
+    from penstock.retrieval.reranker import MaxSimReranker
+    from penstock.retrieval.retriever import Retriever, RetrieverConfig
+    from penstock.store.documents import DocumentStore
+    from penstock.store.runtime import DatabaseRuntime
+
+    settings = settings_or_exit(config)
+    data = manpages.build(limit, seed) if dataset == "manpages" else read_jsonl(Path(dataset))
+    embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
+    reranker = MaxSimReranker(embedder)
+
+    async def main() -> dict[str, object]:
+        async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:
+            store = DocumentStore(database)
+            retriever = Retriever(store, QueryEmbeddings(embedder), reranker, RetrieverConfig(candidates=50))
+            setup = EvalSetup(store, Ingestor(store, embedder, Chunker(embedder.tokenizer)), retriever, reranker)
+            with _Bar() as bar:
+                return await evaluate(data, setup, bar.update)
+
+    try:
+        result = asyncio.run(main())
+    except PenstockError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        reranker.close()
+        embedder.close()
+    if json_output:
+        typer.echo(json.dumps(result))
+    else:
+        _table(result)
+
+
+class _Bar:
+    def __init__(self) -> None:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self._progress = Progress(*columns, console=err_console)
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Bar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(phase, total=total)
+        self._progress.update(self._tasks[phase], completed=done)
+
+
+def _table(result: dict[str, object]) -> None:
+    table = Table(title=f"retrieval: {result['queries']} queries over {result['documents']} documents")
+    metrics = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
+    table.add_column("method")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for method in ("sparse", "dense", "hybrid", "hybrid_rerank"):
+        row = result[method]
+        assert isinstance(row, dict)
+        table.add_row(method, *(f"{row[m]:.3f}" for m in metrics))
+    Console().print(table)
+    Console().print(f"median latency per query (ms): {result.get('latency_ms')}")

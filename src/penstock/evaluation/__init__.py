@@ -1,0 +1,1 @@
+"""Offline evaluation: labeled datasets and the retrieval metrics computed over them."""
