@@ -27,6 +27,9 @@ def gateways(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[list
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
+    # Redis is up throughout: a CPU-starved 2-core machine must not pass for a Redis outage (whose
+    # fail-open fallback would, rightly, admit more), so the timeout is far above any real reply.
+    env["PENSTOCK_RATE_LIMITS__REDIS_TIMEOUT_S"] = "5"
     processes, urls = [], []
     for i in range(3):
         port, home = free_port(), tmp_path / f"gw{i}"

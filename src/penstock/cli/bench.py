@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, Tim
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from penstock.cli.options import err_console
+from penstock.cli.options import ConfigOption, PhaseBars, err_console, settings_or_exit
 
 if TYPE_CHECKING:
     from penstock.bench.engine import EngineBenchResult
@@ -165,3 +166,45 @@ def gateway(
     table.add_row("errors / requests", f"{result.errors} / {result.requests}", "", "")
     Console().print(table)
     typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")
+
+
+@app.command("retrieval")
+def retrieval(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
+    chunks: int = typer.Option(100_000, min=100, help="Chunks in the bench collection (built once, then kept)."),
+    queries: int = typer.Option(200, min=10, help="Queries timed."),
+    ingest_documents: int = typer.Option(100, min=1, help="Fresh documents for the ingest-speed run."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Retrieval stage latency (embed + dense + sparse + fusion) on a large collection, and ingest speed."""
+    configure_logging("warning")
+    from penstock.bench.retrieval import RetrievalBenchOptions, run  # torch: only for the command that needs it
+    from penstock.engine.locator import locate_embedding_model
+
+    settings = settings_or_exit(config)
+    options = RetrievalBenchOptions(chunks, queries, ingest_documents)
+    model = locate_embedding_model(settings.embedding_model_path)
+    with PhaseBars() as bars:
+        result = run(
+            options,
+            settings.database_url,
+            settings.data_dir,
+            settings.data_dir / "cache",
+            model,
+            settings.embedding_model,
+            bars.update,
+        )
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"penstock bench retrieval: {result.chunks:,} chunks, {result.queries} queries, no rerank")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("retrieval stage p50 / p95 (ms)", f"{result.p50_ms:.1f} / {result.p95_ms:.1f}")
+    table.add_row("target p95 (ms)", f"{result.target_p95_ms:g}")
+    table.add_row("sub-stage p50 (ms)", ", ".join(f"{k} {v:.1f}" for k, v in result.stage_p50_ms.items()))
+    table.add_row(
+        "ingest (chunks/s, documents/s)", f"{result.ingest_chunks_per_s:.1f}, {result.ingest_documents_per_s:.2f}"
+    )
+    Console().print(table)
+    typer.echo(f"command: {result.command}")

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from penstock.cli.options import ConfigOption, err_console, settings_or_exit
+from penstock.cli.options import ConfigOption, PhaseBars, err_console, settings_or_exit
 from penstock.errors import PenstockError
 
 app = typer.Typer(help="Offline evaluation on labeled data.", no_args_is_help=True)
@@ -51,7 +50,7 @@ def retrieval(
             store = DocumentStore(database)
             retriever = Retriever(store, QueryEmbeddings(embedder), reranker, RetrieverConfig(candidates=50))
             setup = EvalSetup(store, Ingestor(store, embedder, Chunker(embedder.tokenizer)), retriever, reranker)
-            with _Bar() as bar:
+            with PhaseBars() as bar:
                 return await evaluate(data, setup, bar.update)
 
     try:
@@ -66,25 +65,6 @@ def retrieval(
         typer.echo(json.dumps(result))
     else:
         _table(result)
-
-
-class _Bar:
-    def __init__(self) -> None:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        self._progress = Progress(*columns, console=err_console)
-        self._tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> _Bar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(phase, total=total)
-        self._progress.update(self._tasks[phase], completed=done)
 
 
 def _table(result: dict[str, object]) -> None:

@@ -61,6 +61,7 @@ def reserved_tokens(prepared: Prepared) -> int:
 
 
 def log_request(prepared: Prepared, timer: StageTimer, status: str, completion_tokens: int) -> None:
+    retrieval = prepared.retrieval
     log.info(
         "request",
         request_id=prepared.request.request_id,
@@ -72,4 +73,7 @@ def log_request(prepared: Prepared, timer: StageTimer, status: str, completion_t
         completion_tokens=completion_tokens,
         total_ms=round(timer.total() * 1000, 3),
         stage_ms=timer.milliseconds(),
+        retrieval_status=retrieval.status if retrieval else None,
+        retrieval_degraded=list(retrieval.degraded) if retrieval else None,
+        injection_flags=prepared.prompt.flagged_lines,
     )
