@@ -197,7 +197,9 @@ def _retrieval(
 ) -> RetrievalServices | None:
     if documents is None:
         return None
-    searches = RetrieverConfig(config.candidates, config.min_similarity, config.rerank_timeout_s)
+    searches = RetrieverConfig(
+        config.candidates, config.min_similarity, config.rerank_timeout_s, config.rerank_candidates
+    )
     queries = QueryEmbeddings(embedder, config.query_cache_size)
     retriever = Retriever(documents, queries, reranker if config.rerank else None, searches)
     chunker = Chunker(embedder.tokenizer, ChunkingConfig(config.chunk_tokens, config.chunk_overlap_tokens))

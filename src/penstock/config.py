@@ -96,6 +96,7 @@ class RetrievalConfig(BaseModel):
     candidates: int = Field(default=30, ge=1, le=1000)  # rows each search returns; the reranker sees these
     min_similarity: float = Field(default=0.2, ge=-1, le=1)  # dense hits below it are noise, not answers
     rerank: bool = True
+    rerank_candidates: int = Field(default=10, ge=1, le=100)  # the head of the fused list the reranker reorders
     rerank_timeout_s: float = Field(default=2.0, gt=0)  # then the fused order is used
     chunk_tokens: int = Field(default=200, ge=16, le=512)  # in embedding-model tokens, heading included
     chunk_overlap_tokens: int = Field(default=32, ge=0)

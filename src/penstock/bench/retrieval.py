@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -204,7 +205,7 @@ def run(
 ) -> RetrievalBenchResult:
     from penstock.store.runtime import DatabaseRuntime
 
-    embedder = Embedder(embedding_path, embedding_name)
+    embedder = Embedder(embedding_path, embedding_name, threads=os.cpu_count() or 1)
 
     async def main() -> RetrievalBenchResult:
         async with DatabaseRuntime(database_url, data_dir) as database:

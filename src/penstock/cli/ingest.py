@@ -7,6 +7,7 @@ the new chunks at once. Folders are walked for the formats the parsers know.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def ingest(
         err_console.print(f"[red]error:[/red] no {', '.join(sorted(SUFFIXES))} files under the given paths")
         raise typer.Exit(1)
     access = Acl(_names(acl), _names(users))
-    embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
+    embedder = Embedder(
+        locate_embedding_model(settings.embedding_model_path), settings.embedding_model, os.cpu_count() or 1
+    )
 
     async def main() -> list[Ingested]:
         async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:

@@ -10,7 +10,7 @@ import torch
 
 from penstock.config import DeploymentConfig, EngineSettings
 from penstock.engine.async_engine import AsyncEngine
-from penstock.engine.chat_template import ChatTemplate
+from penstock.engine.chat_template import ChatTemplate, Part
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.grammar import GrammarCompiler
 from penstock.engine.kernel_choice import fastest_kv_dtype
@@ -38,12 +38,24 @@ class ChatCodec:
         self._tokenizer = tokenizer
         self.context_window = context_window
         self._grammars = grammars or GrammarCompiler(tokenizer)
+        self._template_ids: dict[str, list[int]] = {}
 
     def encode_chat(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
         """The conversation as the model sees it; message text can never become control tokens."""
         parts = self._template.render_parts(messages, add_generation_prompt=True)
-        ids = [i for part in parts for i in self._tokenizer.encode(part.text, parse_special=not part.from_message)]
+        ids = [i for part in parts for i in self._part_ids(part)]
         return "".join(part.text for part in parts), ids
+
+    def _part_ids(self, part: Part) -> list[int]:
+        if part.from_message:
+            return self._tokenizer.encode(part.text, parse_special=False)
+        # What the template writes around messages is a handful of strings: tokenized once each.
+        ids = self._template_ids.get(part.text)
+        if ids is None:
+            ids = self._tokenizer.encode(part.text)
+            if len(self._template_ids) < 1024:
+                self._template_ids[part.text] = ids
+        return ids
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)

@@ -23,7 +23,6 @@ from penstock.store.documents import DocumentStore, Hit, Scope
 from penstock.types import Principal
 
 METHODS = ("sparse", "dense", "hybrid", "hybrid_rerank")
-RERANK_CANDIDATES = 20
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -56,15 +55,10 @@ async def _run_queries(dataset: Dataset, setup: EvalSetup, scope: Scope, progres
         timer = StageTimer()
         dense, sparse = await setup.retriever.search(query.text, scope, timer)
         hybrid = reciprocal_rank_fusion([dense, sparse])
+        head = setup.retriever.config.rerank_candidates  # as a chat request reranks: the head, tail as fused
         with timer.stage("rerank"):
-            reranked = await setup.reranker.rerank(query.text, hybrid[:RERANK_CANDIDATES])
-        # The reranker reorders the head; the tail keeps its fused order.
-        rankings = {
-            "sparse": sparse,
-            "dense": dense,
-            "hybrid": hybrid,
-            "hybrid_rerank": reranked + hybrid[RERANK_CANDIDATES:],
-        }
+            reranked = await setup.reranker.rerank(query.text, hybrid[:head]) + hybrid[head:]
+        rankings = {"sparse": sparse, "dense": dense, "hybrid": hybrid, "hybrid_rerank": reranked}
         for method, hits in rankings.items():
             per_method[method].append(scores(_documents(hits), query.relevant))
         latency["search"].append(sum(v for k, v in timer.seconds.items() if k != "rerank"))

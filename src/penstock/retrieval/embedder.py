@@ -21,9 +21,11 @@ from tokenizers import Tokenizer
 
 
 class Embedder:
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, threads: int = 1) -> None:
+        """`threads`: torch threads per call; 1 beside a serving engine, all cores for bulk ingestion."""
         self.path = path
         self.name = name
+        self._threads = threads
         self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -84,7 +86,7 @@ class Embedder:
         return vectors.tolist()
 
     def _loaded(self) -> Any:
-        torch.set_num_threads(1)  # this thread's pool (per thread under OpenMP); the engine keeps its own
+        torch.set_num_threads(self._threads)  # this thread's pool (per thread under OpenMP); the engine keeps its own
         with self._load_lock:  # the embedding and the reranking threads share one model
             if self._model is None:
                 from transformers import AutoModel  # heavy; only a process that embeds pays for it

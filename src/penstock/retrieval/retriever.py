@@ -25,9 +25,12 @@ log = structlog.get_logger("penstock.retrieval")
 
 @dataclass(frozen=True, slots=True)
 class RetrieverConfig:
-    candidates: int = 30  # rows each search returns, and how many the reranker sees
+    candidates: int = 30  # rows each search returns
     min_similarity: float = 0.2  # below this cosine similarity a dense hit is noise, not an answer
     rerank_timeout_s: float = 2.0
+    # The reranker runs MiniLM over every candidate it sees (about 0.05 s each on one core here),
+    # so it reorders the head of the fused list and leaves the tail in fused order.
+    rerank_candidates: int = 10
 
 
 class Searches(Protocol):
@@ -96,11 +99,11 @@ class Retriever:
     ) -> tuple[list[Hit], tuple[str, ...]]:
         if not rerank or self._reranker is None:
             return fused, ()
-        candidates = fused[: self.config.candidates]
+        head, tail = fused[: self.config.rerank_candidates], fused[self.config.rerank_candidates :]
         try:
             with timer.stage("rerank"):
                 async with asyncio.timeout(self.config.rerank_timeout_s):
-                    return await self._reranker.rerank(query, candidates), ()
+                    return await self._reranker.rerank(query, head) + tail, ()
         except TimeoutError:
             return fused, ("rerank_timeout",)
         except Exception as exc:
