@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -11,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from penstock.cli.options import ConfigOption, PhaseBars, err_console, settings_or_exit
-from penstock.errors import PenstockError
+from penstock.cli.options import ConfigOption, PhaseBars, run_or_exit, settings_or_exit
 
 app = typer.Typer(help="Offline evaluation on labeled data.", no_args_is_help=True)
 
@@ -59,10 +57,7 @@ def retrieval(
                 return await evaluate(data, setup, bar.update)
 
     try:
-        result = asyncio.run(main())
-    except PenstockError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        raise typer.Exit(1) from None
+        result = run_or_exit(main())
     finally:
         reranker.close()
         embedder.close()

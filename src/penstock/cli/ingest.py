@@ -6,7 +6,6 @@ the new chunks at once. Folders are walked for the formats the parsers know.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from penstock.cli.options import ConfigOption, err_console, settings_or_exit
+from penstock.cli.options import ConfigOption, err_console, run_or_exit, settings_or_exit
 from penstock.engine.locator import locate_embedding_model
-from penstock.errors import PenstockError
 from penstock.retrieval.chunker import Chunker
 from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import IncomingDocument, Ingested, Ingestor
@@ -51,10 +49,7 @@ def ingest(
             return await _ingest_all(ingestor, tenant, collection, files, access)
 
     try:
-        results = asyncio.run(main())
-    except PenstockError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        raise typer.Exit(1) from None
+        results = run_or_exit(main())
     finally:
         embedder.close()
     counts = {status: sum(r.status == status for r in results) for status in ("created", "updated", "unchanged")}

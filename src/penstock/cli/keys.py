@@ -7,7 +7,6 @@ with a running server); a running server's key cache picks the change up within 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,8 +16,7 @@ from typing import TypeVar
 import typer
 from pydantic import ValidationError
 
-from penstock.cli.options import ConfigOption, err_console, settings_or_exit
-from penstock.errors import PenstockError
+from penstock.cli.options import ConfigOption, err_console, run_or_exit, settings_or_exit
 from penstock.identity import KeyScopes, RateLimits, Tenant, TenantLimits
 from penstock.store.keys import KeyStore
 from penstock.store.runtime import DatabaseRuntime
@@ -36,11 +34,7 @@ def run_on_store(config: Path | None, action: Callable[[KeyStore], Awaitable[T]]
         async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:
             return await action(KeyStore(database))
 
-    try:
-        return asyncio.run(main())
-    except PenstockError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        raise typer.Exit(1) from None
+    return run_or_exit(main())
 
 
 @tenants_app.command("create")

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from penstock.config import Settings, load_settings
-from penstock.errors import ConfigError
+from penstock.errors import ConfigError, PenstockError
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML file with deployments, tenants and policies.")
 err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def run_or_exit(work: Coroutine[Any, Any, T]) -> T:
+    """Run a command's async work; a PenstockError is one message and exit code 1."""
+    try:
+        return asyncio.run(work)
+    except PenstockError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def settings_or_exit(config: Path | None) -> Settings:
