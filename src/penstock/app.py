@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from penstock import __version__
 from penstock.config import RetrievalConfig, Settings
 from penstock.context.builder import ContextBuilder
-from penstock.engine.locator import locate_embedding_model
 from penstock.engine.served import ServedModel, load_served_models
 from penstock.gateway import admin, chat, collections, embeddings, health, metrics, models
 from penstock.gateway.auth import Authenticator
@@ -38,7 +37,7 @@ from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.pipeline import Pipeline
 from penstock.retrieval.chunker import Chunker, ChunkingConfig
-from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.embedder import Embedder, configured_embedder
 from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.query_cache import QueryEmbeddings
 from penstock.retrieval.reranker import MaxSimReranker
@@ -71,7 +70,7 @@ def build_app(
         loaded = (
             served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
         )
-        embedder = Embedder(locate_embedding_model(settings.embedding_model_path), settings.embedding_model)
+        embedder = configured_embedder(settings)
         reranker = MaxSimReranker(embedder)
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:

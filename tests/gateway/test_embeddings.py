@@ -37,7 +37,10 @@ async def test_vectors_are_unit_length_and_carry_meaning(client: httpx.AsyncClie
 async def test_a_text_embeds_the_same_alone_and_in_a_padded_batch(client: httpx.AsyncClient) -> None:
     alone = (await embed(client, CAT))["data"][0]["embedding"]
     batched = (await embed(client, [MARKET + " " + MARKET, CAT]))["data"][1]["embedding"]
-    assert max(abs(a - b) for a, b in zip(alone, batched, strict=True)) < 1e-5
+    # Bit-equal in fp32; with bf16 weights (the default where the CPU has bf16 instructions) the
+    # matmuls' blocking follows the batch's width, which moves components by up to about 1e-3.
+    assert dot(alone, batched) > 0.9999
+    assert max(abs(a - b) for a, b in zip(alone, batched, strict=True)) < 5e-3
 
 
 async def test_base64_holds_the_same_floats(client: httpx.AsyncClient) -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from penstock.config import Settings
 from penstock.evaluation import manpages
 from penstock.observability.timing import StageTimer
 from penstock.retrieval.chunker import Chunk, Chunker
-from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.embedder import Embedder, configured_embedder
 from penstock.retrieval.ingest import IncomingDocument, Ingestor
 from penstock.retrieval.parsers import parse
 from penstock.retrieval.query_cache import QueryEmbeddings
@@ -204,23 +205,14 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(
-    options: RetrievalBenchOptions,
-    database_url: str | None,
-    data_dir: Path,
-    cache_dir: Path,
-    embedding_path: Path,
-    embedding_name: str,
-    progress: Progress,
-) -> RetrievalBenchResult:
+def run(options: RetrievalBenchOptions, settings: Settings, progress: Progress) -> RetrievalBenchResult:
     from penstock.store.runtime import DatabaseRuntime
 
-    bulk = Embedder(embedding_path, embedding_name, threads=os.cpu_count() or 1)
-    serving = Embedder(embedding_path, embedding_name, threads=1)
+    bulk, serving = configured_embedder(settings, os.cpu_count() or 1), configured_embedder(settings)
 
     async def main() -> RetrievalBenchResult:
-        async with DatabaseRuntime(database_url, data_dir) as database:
-            return await run_retrieval_bench(options, database, (bulk, serving), cache_dir, progress)
+        async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:
+            return await run_retrieval_bench(options, database, (bulk, serving), settings.data_dir / "cache", progress)
 
     try:
         return asyncio.run(main())

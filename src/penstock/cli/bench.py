@@ -179,21 +179,11 @@ def retrieval(
     """Retrieval stage latency (embed + dense + sparse + fusion) on a large collection, and ingest speed."""
     configure_logging("warning")
     from penstock.bench.retrieval import RetrievalBenchOptions, run  # torch: only for the command that needs it
-    from penstock.engine.locator import locate_embedding_model
 
     settings = settings_or_exit(config)
     options = RetrievalBenchOptions(chunks, queries, ingest_documents)
-    model = locate_embedding_model(settings.embedding_model_path)
     with PhaseBars() as bars:
-        result = run(
-            options,
-            settings.database_url,
-            settings.data_dir,
-            settings.data_dir / "cache",
-            model,
-            settings.embedding_model,
-            bars.update,
-        )
+        result = run(options, settings, bars.update)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
         return

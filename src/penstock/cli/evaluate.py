@@ -28,12 +28,11 @@ def retrieval(
     config: Path | None = ConfigOption,
 ) -> None:
     """Recall@1/5/10, MRR@10 and nDCG@10 for sparse, dense, hybrid and hybrid+rerank."""
-    from penstock.engine.locator import locate_embedding_model  # late: torch is slow to import
     from penstock.evaluation import manpages
     from penstock.evaluation.datasets import read_jsonl
     from penstock.evaluation.retrieval_eval import EvalSetup, evaluate
     from penstock.retrieval.chunker import Chunker
-    from penstock.retrieval.embedder import Embedder
+    from penstock.retrieval.embedder import configured_embedder  # late: torch is slow to import
     from penstock.retrieval.ingest import Ingestor
     from penstock.retrieval.query_cache import QueryEmbeddings
     from penstock.retrieval.reranker import MaxSimReranker
@@ -43,9 +42,7 @@ def retrieval(
 
     settings = settings_or_exit(config)
     data = manpages.build(limit, seed) if dataset == "manpages" else read_jsonl(Path(dataset))
-    embedder = Embedder(
-        locate_embedding_model(settings.embedding_model_path), settings.embedding_model, os.cpu_count() or 1
-    )
+    embedder = configured_embedder(settings, os.cpu_count() or 1)
     reranker = MaxSimReranker(embedder)
 
     async def main() -> dict[str, object]:

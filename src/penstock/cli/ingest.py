@@ -14,9 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from penstock.cli.options import ConfigOption, err_console, run_or_exit, settings_or_exit
-from penstock.engine.locator import locate_embedding_model
 from penstock.retrieval.chunker import Chunker
-from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.embedder import configured_embedder
 from penstock.retrieval.ingest import IncomingDocument, Ingested, Ingestor
 from penstock.retrieval.parsers import SUFFIXES, format_of
 from penstock.store.documents import DocumentStore
@@ -39,9 +38,7 @@ def ingest(
         err_console.print(f"[red]error:[/red] no {', '.join(sorted(SUFFIXES))} files under the given paths")
         raise typer.Exit(1)
     access = Acl(_names(acl), _names(users))
-    embedder = Embedder(
-        locate_embedding_model(settings.embedding_model_path), settings.embedding_model, os.cpu_count() or 1
-    )
+    embedder = configured_embedder(settings, os.cpu_count() or 1)
 
     async def main() -> list[Ingested]:
         async with DatabaseRuntime(settings.database_url, settings.data_dir) as database:

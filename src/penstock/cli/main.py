@@ -5,8 +5,17 @@ from __future__ import annotations
 import typer
 
 from penstock.cli import bench, chat, config_cmd, doctor, evaluate, ingest, keys, serve
+from penstock.observability.logging import configure_logging
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Logs go to stderr (warnings and up; `serve` sets its own level), so stdout holds only results."""
+    configure_logging("warning")
+
+
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 app.command("chat")(chat.chat)

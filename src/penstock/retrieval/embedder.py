@@ -2,32 +2,47 @@
 
 The model loads on first use (most requests never embed, and a start-up should not wait on it) and
 runs on one thread of its own with one torch thread, so a batch of embeddings neither blocks the
-event loop nor fights the engine for both cores. Token counts come from the tokenizer alone, on the
-caller's thread, so a request is validated and rate-limited before any model work.
+event loop nor fights the engine for both cores. Its dtype is chosen by timing: on a CPU with bf16
+instructions bf16 weights embed twice as fast as fp32 (measured here: 33 vs 16 chunks/s on one
+core, vectors within cosine 0.9998 of fp32's); on an AVX2-only CPU bf16 is the slower one.
+Token counts come from the tokenizer alone, on the caller's thread, so a request is validated and
+rate-limited before any model work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import structlog
 import torch
 from tokenizers import Tokenizer
 
+from penstock.config import Settings
+from penstock.engine.kernel_choice import median_seconds
+from penstock.engine.locator import locate_embedding_model
 from penstock.retrieval.bert import BertEncoder, load_bert
+
+log = structlog.get_logger("penstock.retrieval")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EmbeddingDtype = Literal["auto", "float32", "bfloat16"]
 
 
 class Embedder:
-    def __init__(self, path: Path, name: str, threads: int = 1) -> None:
-        """`threads`: torch threads per call; 1 beside a serving engine, all cores for bulk ingestion."""
+    def __init__(self, path: Path, name: str, threads: int = 1, dtype: EmbeddingDtype = "auto") -> None:
+        """`threads`: torch threads per call; 1 beside a serving engine, all cores for bulk ingestion.
+        `dtype`: the weights' dtype; "auto" times both on this CPU when the model loads."""
         self.path = path
         self.name = name
         self._threads = threads
+        self._dtype = dtype
         self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -76,7 +91,7 @@ class Embedder:
             ids[row, : len(kept)] = torch.tensor(kept)
             mask[row, : len(kept)] = 1
             special[row, : len(kept)] = torch.tensor(encoding.special_tokens_mask[: len(kept)], dtype=torch.bool)
-        return model(ids, mask), mask, special
+        return model(ids, mask).float(), mask, special
 
     @torch.inference_mode()
     def _embed(self, texts: list[str]) -> list[list[float]]:
@@ -91,8 +106,36 @@ class Embedder:
         torch.set_num_threads(self._threads)  # this thread's pool (per thread under OpenMP); the engine keeps its own
         with self._load_lock:  # the embedding and the reranking threads share one model
             if self._model is None:
-                self._model = load_bert(self.path)
+                model = load_bert(self.path)
+                self._model = model.to(DTYPES[self._dtype] if self._dtype != "auto" else _fastest_dtype(model))
         return self._model
+
+
+def configured_embedder(settings: Settings, threads: int = 1) -> Embedder:
+    """The configured embedding model: the bundled all-MiniLM-L6-v2 unless a folder is named."""
+    path = locate_embedding_model(settings.embedding_model_path)
+    return Embedder(path, settings.embedding_model, threads, settings.embedding_dtype)
+
+
+@torch.inference_mode()
+def _fastest_dtype(model: BertEncoder) -> torch.dtype:
+    """bf16 where it is faster than fp32 both for a query (one short row) and for a batch of chunks."""
+    probes = {"query": torch.randint(1000, 2000, (1, 16)), "batch": torch.randint(1000, 2000, (8, 128))}
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # .to() converts in place: keep the fp32 weights
+    timings = {
+        (name, label): median_seconds(partial(candidate, ids, torch.ones_like(ids)), repeats=3)
+        for name, ids in probes.items()
+        for label, candidate in (("float32", model), ("bfloat16", bf16))
+    }
+    faster = all(timings[name, "bfloat16"] < timings[name, "float32"] for name in probes)
+    chosen = "bfloat16" if faster else "float32"
+    log.info(
+        "kernel_choice",
+        kind="embedding_dtype",
+        **{f"{name}_{label}_ms": round(s * 1e3, 2) for (name, label), s in timings.items()},
+        chosen=chosen,
+    )
+    return DTYPES[chosen]
 
 
 def _read(path: Path, default: Any = None) -> Any:
