@@ -11,13 +11,14 @@ from functools import partial
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
 from penstock import __version__
 from penstock.config import RetrievalConfig, Settings
 from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import admin, chat, collections, embeddings, health, metrics, models
+from penstock.gateway import admin, chat, collections, embeddings, health, metrics, models, usage_api
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
@@ -27,14 +28,18 @@ from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.limiter_local import LocalBackend
 from penstock.gateway.limiter_redis import RedisBackend
+from penstock.gateway.observe_http import HttpMetrics, ObserveHttpMiddleware
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.rate_limits import RATELIMIT_HEADERS
 from penstock.gateway.request_id import RequestIdMiddleware
+from penstock.gateway.review import ReviewSampler
 from penstock.gateway.services import Check, RetrievalServices, Services
 from penstock.gateway.usage import UsageRecorder
 from penstock.identity import Tenant
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
+from penstock.observability.request_metrics import RequestMetrics
+from penstock.observability.tracing import Tracing, tracer_provider
 from penstock.pipeline import Pipeline
 from penstock.retrieval.chunker import Chunker, ChunkingConfig
 from penstock.retrieval.embedder import Embedder, configured_embedder
@@ -44,9 +49,12 @@ from penstock.retrieval.reranker import MaxSimReranker
 from penstock.retrieval.retriever import Retriever, RetrieverConfig
 from penstock.router.router import Router
 from penstock.store.documents import DocumentStore
+from penstock.store.feedback import FeedbackStore
 from penstock.store.keys import KeyStore
 from penstock.store.ledger import LedgerStore
+from penstock.store.ledger_spool import LedgerSpool
 from penstock.store.redis import connect_redis
+from penstock.store.review import ReviewStore
 from penstock.store.runtime import DatabaseRuntime
 
 log = structlog.get_logger("penstock.app")
@@ -58,12 +66,15 @@ def build_app(
     registry: CollectorRegistry | None = None,
     *,
     with_database: bool = True,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """The service. `served` (with the `registry` its engines report to) shares models already loaded,
-    as tests do; `with_database=False` is the engine worker, which keeps no state of its own."""
+    as tests do; `with_database=False` is the engine worker, which keeps no state of its own;
+    `span_exporter` receives the traces (tests), else OTLP when configured, else none are made."""
     registry = registry or CollectorRegistry()
     draining = Draining()  # the server starts it on a shutdown signal (cli/serve.py)
     own_registry = CollectorRegistry()  # this app's gateway metrics; `registry` may be shared by several apps
+    tracing = Tracing(tracer_provider(settings.tracing, span_exporter))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,13 +86,13 @@ def build_app(
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
                 retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
-                services = _services(
-                    settings, loaded, state, (registry, own_registry), limiter, embedder, draining, retrieval
-                )
+                observers = _Observers((registry, own_registry), RequestMetrics(own_registry), tracing)
+                services = _services(settings, loaded, state, observers, limiter, embedder, draining, retrieval)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
                 yield
         finally:
+            tracing.shutdown()  # exports what is buffered
             reranker.close()
             embedder.close()
             if served is None:  # only what this app loaded is this app's to release
@@ -101,9 +112,17 @@ def build_app(
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
     app.add_middleware(RequestIdMiddleware)
-    for module in (chat, embeddings, models, collections, admin, health, metrics):
+    app.add_middleware(ObserveHttpMiddleware, metrics=HttpMetrics(own_registry), tracing=tracing)  # outermost
+    for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics):
         app.include_router(module.router)
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class _Observers:
+    registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
+    requests: RequestMetrics
+    tracing: Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,10 @@ class _State:
     ledger: LedgerWriter | None = None
     quotas: QuotaBook | None = None
     documents: DocumentStore | None = None
+    usage: LedgerStore | None = None
+    feedback: FeedbackStore | None = None
+    review: ReviewSampler | None = None
+    reviews: ReviewStore | None = None
 
 
 @asynccontextmanager
@@ -128,13 +151,28 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
         for tenant in settings.tenants:
             await keys.ensure_tenant(Tenant(id=tenant.id, name=tenant.name, limits=tenant.limits))
         cache, ledger = KeyCache(keys), LedgerStore(database)
-        writer, quotas = LedgerWriter(ledger), QuotaBook(ledger)
+        writer = LedgerWriter(ledger, LedgerSpool(settings.data_dir / "spool" / "ledger.jsonl"))
+        quotas = QuotaBook(ledger)
         await cache.start()
         await quotas.start()
         writer.start()
+        reviews = ReviewStore(database)
+        review = ReviewSampler(reviews, settings.review_sample_rate)
         try:
-            yield _State({"database": database.ping}, keys, cache, writer, quotas, DocumentStore(database))
+            yield _State(
+                {"database": database.ping},
+                keys,
+                cache,
+                writer,
+                quotas,
+                DocumentStore(database),
+                ledger,
+                FeedbackStore(database),
+                review,
+                reviews,
+            )
         finally:
+            await review.drain()
             await writer.stop()
             await quotas.stop()
             await cache.stop()
@@ -163,7 +201,7 @@ def _services(
     settings: Settings,
     models: Mapping[str, ServedModel],
     state: _State,
-    registries: tuple[CollectorRegistry, ...],
+    observers: _Observers,
     limiter: RateLimiter,
     embedder: Embedder,
     draining: Draining,
@@ -180,12 +218,22 @@ def _services(
         models=router.models,
         created=int(time.time()),
         checks=state.checks,
-        registries=registries,
+        registries=observers.registries,
         limiter=limiter,
         embedder=embedder,
-        usage=UsageRecorder({d.name: d for d in settings.deployments}, state.ledger, state.quotas),
+        usage=UsageRecorder(
+            {d.name: d for d in settings.deployments},
+            state.ledger,
+            state.quotas,
+            observers.requests,
+            observers.tracing,
+            state.review,
+        ),
         keys=state.keys,
         key_cache=state.key_cache,
+        ledger=state.usage,
+        feedback=state.feedback,
+        reviews=state.reviews,
         draining=draining,
         retrieval=retrieval,
     )

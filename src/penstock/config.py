@@ -103,6 +103,14 @@ class RetrievalConfig(BaseModel):
     query_cache_size: int = Field(default=4096, ge=0)
 
 
+class TracingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces; None = no traces at all
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of requests without a sampled client traceparent
+    service_name: str = "penstock"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PENSTOCK_", extra="forbid", env_nested_delimiter="__")
 
@@ -127,6 +135,8 @@ class Settings(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    review_sample_rate: float = Field(default=0.01, ge=0, le=1)  # answered requests kept, redacted, for review
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from penstock.observability.redaction import redact
+
 
 class PenstockError(Exception):
     status: ClassVar[int] = 500
@@ -38,7 +40,8 @@ class PenstockError(Exception):
         return {}
 
     def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """The client's view; messages can quote what the client sent, so they are redacted like logs."""
+        return {"error": {"message": redact(self.message), "type": self.type, "param": self.param, "code": self.code}}
 
 
 class ConfigError(PenstockError):

@@ -82,12 +82,12 @@ class Pipeline:
             found = await self._retriever.retrieve(
                 query, options.principal, options.collections, options.top_k, rerank=options.rerank
             )
-        for name, seconds in found.stage_seconds.items():
-            timer.add(f"retrieval.{name}", seconds)
+        timer.absorb("retrieval.", found.stage_intervals, found.stage_seconds)
         return found
 
     async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
         if prepared.prompt.answer is not None:  # decided without the model: every choice says it
+            timer.mark_first_token()
             for index in range(prepared.request.sampling.n):
                 yield TokenEvent(prepared.prompt.answer, (), "stop", index=index)
             return
@@ -98,6 +98,8 @@ class Pipeline:
         async for event in model.generate(prepared.prompt, request.sampling, request.priority):
             now = perf_counter()
             # The first event closes prefill (and the first token); everything after it is decode.
+            if last == start:
+                timer.mark_first_token()
             timer.add("decode" if last > start else "prefill", now - last)
             if tool_calls is not None:
                 with timer.stage("post"):

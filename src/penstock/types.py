@@ -177,6 +177,15 @@ RetrievalStatus = Literal["ok", "empty", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
+class Interval:
+    """One stretch of one stage, in perf_counter() seconds."""
+
+    name: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
 class Retrieval:
     """What retrieval found for a query, how long each sub-stage took, and what degraded on the way."""
 
@@ -184,6 +193,7 @@ class Retrieval:
     status: RetrievalStatus = "ok"
     degraded: tuple[str, ...] = ()  # e.g. "rerank_timeout": a fallback was taken, the answer still came
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_intervals: tuple[Interval, ...] = ()  # the same stages where they happened, for traces
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from penstock.cli import bench, chat, config_cmd, doctor, evaluate, ingest, keys, serve
+from penstock.cli import bench, chat, config_cmd, doctor, evaluate, ingest, keys, review, serve, usage
 from penstock.observability.logging import configure_logging
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
@@ -26,6 +26,8 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
 app.add_typer(keys.tenants_app, name="tenants")
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(usage.app, name="usage")
+app.add_typer(review.app, name="review")
 
 if __name__ == "__main__":
     app()

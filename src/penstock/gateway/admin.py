@@ -6,10 +6,11 @@ they answer. A created key's plaintext appears in the creation answer and nowher
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from penstock.errors import DependencyUnavailable, PermissionDenied
@@ -116,6 +117,32 @@ async def list_keys(tenant: str | None = None, admin: Admin = Depends()) -> KeyL
 @router.delete("/keys/{key_id}", response_model=ApiKey)
 async def revoke_key(key_id: str, admin: Admin = Depends()) -> ApiKey:
     return await admin.refreshed(await admin.store.revoke_key(key_id))
+
+
+class ReviewOut(BaseModel):
+    request_id: str
+    tenant: str
+    deployment: str | None
+    route: str
+    prompt: list[dict[str, str]]
+    completion: str
+    created_at: datetime | None
+
+
+class ReviewList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ReviewOut]
+
+
+@router.get("/review", response_model=ReviewList)
+async def review_sample(
+    limit: int = Query(default=20, ge=1, le=500), tenant: str | None = None, svc: Services = Depends(services)
+) -> ReviewList:
+    """A random draw from the review sample (prompts and completions, redacted when they were stored)."""
+    if svc.reviews is None:
+        raise DependencyUnavailable("this process keeps no review sample (an engine worker has no database)")
+    samples = await svc.reviews.sample(limit, tenant)
+    return ReviewList(data=[ReviewOut(**{**asdict(s), "tenant": s.tenant}) for s in samples])
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:

@@ -2,24 +2,22 @@
 
 Admission (rate limits, with prompt + max_tokens reserved) comes after the prompt is built, since
 the token count is known only then, and before any generation. Whatever happens next, the request
-is settled once: logged, and its unused tokens and in-flight slot given back.
+is settled once: recorded (ledger, metrics, trace, log), and its unused tokens and in-flight slot given back.
 """
 
 from __future__ import annotations
 
-import structlog
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from penstock.errors import PenstockError
 from penstock.gateway.services import Services
 from penstock.gateway.shapes import Shape
 from penstock.gateway.streaming import event_stream
 from penstock.observability.timing import StageTimer
 from penstock.pipeline import Prepared, usage_of
 from penstock.types import TokenEvent
-
-log = structlog.get_logger("penstock.request")
 
 
 async def respond(
@@ -31,15 +29,15 @@ async def respond(
             prepared.request.caller, prepared.request.request_id, reserved_tokens(prepared)
         )
 
-    def settle(status: str, completion_tokens: int) -> None:
-        log_request(prepared, timer, status, completion_tokens)
+    def settle(status: str, completion_tokens: int, text: str = "") -> None:
         svc.limiter.finish(ticket, len(prepared.prompt.token_ids) + completion_tokens)
-        svc.usage.answered(prepared, route, timer, status, completion_tokens)
+        svc.usage.answered(prepared, route, timer, status, completion_tokens, text)
 
     if prepared.request.stream:
 
         def on_done(status: str, events: list[TokenEvent]) -> None:
-            settle(status, usage_of(prepared.prompt, events).completion_tokens)
+            text = "".join(e.text for e in events if e.index == 0)
+            settle(status, usage_of(prepared.prompt, events).completion_tokens, text)
 
         stream = event_stream(svc.pipeline, prepared, timer, shape, on_done, svc.draining)
         headers = {**ticket.headers, "Cache-Control": "no-cache"}
@@ -47,10 +45,13 @@ async def respond(
     response.headers.update(ticket.headers)
     try:
         completion = await svc.pipeline.complete(prepared, timer)
+    except PenstockError as exc:
+        settle(exc.code or exc.type, 0)  # e.g. the engine's queue full: an error the client is told of
+        raise
     except BaseException:
         settle("error", 0)
         raise
-    settle("ok", completion.usage.completion_tokens)
+    settle("ok", completion.usage.completion_tokens, completion.choices[0].text if completion.choices else "")
     return shape.body(completion)
 
 
@@ -58,22 +59,3 @@ def reserved_tokens(prepared: Prepared) -> int:
     """What tokens-per-minute limits reserve at admission: the prompt and every choice at full length."""
     sampling = prepared.request.sampling
     return len(prepared.prompt.token_ids) + (sampling.max_tokens or 0) * sampling.n
-
-
-def log_request(prepared: Prepared, timer: StageTimer, status: str, completion_tokens: int) -> None:
-    retrieval = prepared.retrieval
-    log.info(
-        "request",
-        request_id=prepared.request.request_id,
-        tenant=prepared.request.caller.tenant,
-        deployment=prepared.decision.deployment,
-        route_reason=prepared.decision.reason,
-        status=status,
-        prompt_tokens=len(prepared.prompt.token_ids),
-        completion_tokens=completion_tokens,
-        total_ms=round(timer.total() * 1000, 3),
-        stage_ms=timer.milliseconds(),
-        retrieval_status=retrieval.status if retrieval else None,
-        retrieval_degraded=list(retrieval.degraded) if retrieval else None,
-        injection_flags=prepared.prompt.flagged_lines,
-    )

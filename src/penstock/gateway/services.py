@@ -19,7 +19,10 @@ from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.retriever import Retriever
 from penstock.store.documents import DocumentStore
+from penstock.store.feedback import FeedbackStore
 from penstock.store.keys import KeyStore
+from penstock.store.ledger import LedgerStore
+from penstock.store.review import ReviewStore
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -50,6 +53,9 @@ class Services:
     retrieval: RetrievalServices | None = None
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker
     key_cache: KeyCache | None = None
+    ledger: LedgerStore | None = None  # usage reports; None in an engine worker
+    feedback: FeedbackStore | None = None
+    reviews: ReviewStore | None = None  # the review sample, for admin keys
 
 
 async def services(request: Request) -> Services:

@@ -1,23 +1,35 @@
-"""Every request that got past authentication leaves one ledger row, and counts against its tenant's budgets.
+"""Where every request that got past authentication is settled, once.
 
-Answered requests carry their tokens, cost and stage timings; refused ones (a 4xx after the caller
-was known, a 429) carry the error code as their status and no tokens.
+It leaves one ledger row and counts against its tenant's budgets; the same row feeds the request
+metrics, its stage timings become the trace's stage spans, and one log line records it. Answered
+requests carry their tokens, cost and stage timings; refused ones (a 4xx after the caller was
+known, a 429) carry the error code as their status and no tokens.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+
+import structlog
 
 from penstock.config import DeploymentConfig
 from penstock.errors import PenstockError
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.quotas import QuotaBook
+from penstock.gateway.review import ReviewSampler
+from penstock.observability.redaction import redact
+from penstock.observability.request_metrics import RequestMetrics
 from penstock.observability.timing import StageTimer
+from penstock.observability.tracing import Tracing
 from penstock.pipeline import Prepared
 from penstock.store.ledger import LedgerRow
-from penstock.types import Caller
+from penstock.types import Caller, Retrieval
+
+log = structlog.get_logger("penstock.request")
+RECENT = 10_000
 
 
 class UsageRecorder:
@@ -26,38 +38,67 @@ class UsageRecorder:
         deployments: Mapping[str, DeploymentConfig],
         writer: LedgerWriter | None = None,
         quotas: QuotaBook | None = None,
+        metrics: RequestMetrics | None = None,
+        tracing: Tracing | None = None,
+        review: ReviewSampler | None = None,
     ) -> None:
-        """Without a writer and a book (an engine worker keeps no state) recording does nothing."""
+        """Without a writer and a book (an engine worker keeps no state) there is no ledger or budget."""
         self._deployments = deployments
         self._writer = writer
         self._quotas = quotas
+        self._metrics = metrics
+        self._tracing = tracing or Tracing(None)
+        self._review = review
+        # Requests settled lately, for feedback that arrives before their ledger rows are flushed.
+        self._recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+
+    def recent(self, request_id: str) -> tuple[str, str | None] | None:
+        """(tenant, deployment) of a request this process settled lately."""
+        return self._recent.get(request_id)
+
+    def feedback(self, deployment: str | None, rating: int, escalated: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.feedback(deployment or "", rating, escalated)
 
     def check_budget(self, caller: Caller) -> None:
         if self._quotas is not None:
             self._quotas.check(caller)
 
-    def answered(self, prepared: Prepared, route: str, timer: StageTimer, status: str, completion_tokens: int) -> None:
+    def answered(
+        self, prepared: Prepared, route: str, timer: StageTimer, status: str, completion_tokens: int, text: str = ""
+    ) -> None:
+        """`text`: the first choice's answer, for the review sample."""
         request, deployment = prepared.request, prepared.decision.deployment
         prompt_tokens = len(prepared.prompt.token_ids)
         cost = self.cost(deployment, prompt_tokens, completion_tokens)
         if self._quotas is not None:
             self._quotas.add(request.caller.tenant, prompt_tokens + completion_tokens, cost)
-        self._write(
-            LedgerRow(
-                request_id=request.request_id,
-                tenant=request.caller.tenant,
-                key_id=request.caller.key_id,
-                route=route,
-                status=status,
-                created_at=datetime.now(UTC),
-                deployment=deployment,
-                model=request.model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost=cost,
-                latency_ms=timer.total() * 1000,
-                stage_ms=timer.milliseconds(),
-            )
+        row = LedgerRow(
+            request_id=request.request_id,
+            tenant=request.caller.tenant,
+            key_id=request.caller.key_id,
+            route=route,
+            status=status,
+            created_at=datetime.now(UTC),
+            deployment=deployment,
+            model=request.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+            latency_ms=timer.total() * 1000,
+            stage_ms=timer.milliseconds(),
+        )
+        if self._review is not None and status == "ok":
+            self._review.offer(prepared, route, text)
+        retrieval = prepared.retrieval
+        self._settle(
+            row,
+            timer,
+            retrieval,
+            route_reason=prepared.decision.reason,
+            retrieval_status=retrieval.status if retrieval else None,
+            retrieval_degraded=list(retrieval.degraded) if retrieval else None,
+            injection_flags=prepared.prompt.flagged_lines,
         )
 
     def embedded(
@@ -65,25 +106,26 @@ class UsageRecorder:
     ) -> None:
         if self._quotas is not None:
             self._quotas.add(caller.tenant, tokens, 0.0)
-        self._write(
-            LedgerRow(
-                request_id=request_id,
-                tenant=caller.tenant,
-                key_id=caller.key_id,
-                route="embeddings",
-                status=status,
-                created_at=datetime.now(UTC),
-                model=model,
-                prompt_tokens=tokens,
-                latency_ms=timer.total() * 1000,
-                stage_ms=timer.milliseconds(),
-            )
+        row = LedgerRow(
+            request_id=request_id,
+            tenant=caller.tenant,
+            key_id=caller.key_id,
+            route="embeddings",
+            status=status,
+            created_at=datetime.now(UTC),
+            model=model,
+            prompt_tokens=tokens,
+            latency_ms=timer.total() * 1000,
+            stage_ms=timer.milliseconds(),
         )
+        self._settle(row, timer)
 
     def refused(self, request_id: str, caller: Caller, route: str, model: str | None, error: PenstockError) -> None:
         status = error.code or error.type
-        row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=model)
-        self._write(row)
+        # The model as the client wrote it, which may be no model at all but anything they typed.
+        named = redact(model) if model else None
+        row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=named)
+        self._settle(row, error_message=error.message)
 
     @contextmanager
     def refusals(self, request_id: str, caller: Caller, route: str, model: str | None) -> Iterator[None]:
@@ -100,6 +142,48 @@ class UsageRecorder:
             return 0.0
         return (config.input_cost_per_1k * prompt_tokens + config.output_cost_per_1k * completion_tokens) / 1000
 
-    def _write(self, row: LedgerRow) -> None:
+    def _settle(
+        self, row: LedgerRow, timer: StageTimer | None = None, retrieval: Retrieval | None = None, **details: object
+    ) -> None:
         if self._writer is not None:
             self._writer.record(row)
+        self._recent[row.request_id] = (row.tenant, row.deployment)
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+        if self._metrics is not None:
+            self._metrics.observe(row, timer, retrieval)
+        if timer is not None:
+            self._tracing.record_stages(timer, _span_attributes(row, details))
+        log.info(
+            "request",
+            request_id=row.request_id,
+            trace_id=self._tracing.trace_id(),
+            tenant=row.tenant,
+            key_id=row.key_id,
+            route=row.route,
+            deployment=row.deployment,
+            status=row.status,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_ms=round(row.latency_ms, 3) if row.latency_ms is not None else None,
+            stage_ms=row.stage_ms,
+            **details,
+        )
+
+
+def _span_attributes(row: LedgerRow, details: Mapping[str, object]) -> dict[str, str | int | float]:
+    attributes: dict[str, str | int | float] = {
+        "penstock.request_id": row.request_id,
+        "penstock.tenant": row.tenant,
+        "penstock.route": row.route,
+        "penstock.status": row.status,
+        "gen_ai.request.model": row.model or "",
+        "penstock.deployment": row.deployment or "",
+        "gen_ai.usage.input_tokens": row.prompt_tokens,
+        "gen_ai.usage.output_tokens": row.completion_tokens,
+        "penstock.cost": row.cost,
+    }
+    for name in ("route_reason", "retrieval_status"):
+        if details.get(name) is not None:
+            attributes[f"penstock.{name}"] = str(details[name])
+    return attributes

@@ -1,4 +1,4 @@
-"""JSON logs through structlog, one line per event, to stderr."""
+"""JSON logs through structlog, one line per event, to stderr, redacted (observability/redaction.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import sys
 
 import structlog
+
+from penstock.observability.redaction import redact_event
 
 
 class _CurrentStderr:
@@ -29,6 +31,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,  # last before rendering: nothing personal or secret reaches the log, tracebacks included
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -69,14 +69,15 @@ class Retriever:
             dense, sparse = await self.search(query, scope, timer)
         except Exception as exc:  # a database or model failure: answered from the fallback, not a 500
             log.warning("retrieval_failed", error_type=type(exc).__name__, error=str(exc))
-            return Retrieval((), "failed", ("search_failed",), dict(timer.seconds))
+            return Retrieval((), "failed", ("search_failed",), dict(timer.seconds), tuple(timer.intervals))
         relevant = [h for h in dense if h.score >= self.config.min_similarity]
         with timer.stage("fuse"):
             fused = reciprocal_rank_fusion([relevant, sparse])
         if not fused:
-            return Retrieval((), "empty", (), dict(timer.seconds))
+            return Retrieval((), "empty", (), dict(timer.seconds), tuple(timer.intervals))
         ranked, degraded = await self._reranked(query, fused, rerank, timer)
-        return Retrieval(tuple(_passage(h) for h in ranked[:top_k]), "ok", degraded, dict(timer.seconds))
+        passages = tuple(_passage(h) for h in ranked[:top_k])
+        return Retrieval(passages, "ok", degraded, dict(timer.seconds), tuple(timer.intervals))
 
     async def search(self, query: str, scope: Scope, timer: StageTimer) -> tuple[list[Hit], list[Hit]]:
         """Dense and sparse candidates, searched at once, each timed."""

@@ -1,0 +1,68 @@
+"""The review sample: the configured fraction of answered requests, redacted, readable by admin keys only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from penstock.app import build_app
+from penstock.config import Settings
+from penstock.engine.served import ServedModel
+from tests.gateway.conftest import ADMIN_KEY, MODEL
+from tests.gateway.test_errors import assert_openai_error
+from tests.gateway.test_keys import as_key, new_key
+
+SECRET_MAIL, SECRET_CARD = "jane.doe@example.com", "4111 1111 1111 1111"
+
+
+@pytest.fixture
+async def sampling(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    served: dict[str, ServedModel],
+    registry: CollectorRegistry,
+    tmp_path: Path,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app whose review_sample_rate is the test's parameter."""
+    rate = request.param
+    settings = Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url, review_sample_rate=rate)
+    app = build_app(settings, served, registry)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://penstock", headers=headers) as client:
+            yield client
+
+
+@pytest.mark.parametrize("sampling", [1.0], indirect=True)
+async def test_samples_are_redacted_and_only_admins_read_them(sampling: httpx.AsyncClient) -> None:
+    client = sampling
+    key = await new_key(client)
+    content = f"My card is {SECRET_CARD} and my mail {SECRET_MAIL}; say ok."
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 3, "temperature": 0}
+    answer = (await client.post("/v1/chat/completions", json=body, headers=as_key(key))).json()
+    async with asyncio.timeout(10):
+        while not (samples := (await client.get("/admin/review")).json()["data"]):
+            await asyncio.sleep(0.1)
+    [sample] = samples
+    assert sample["request_id"] == answer["id"].removeprefix("chatcmpl-") and sample["tenant"] == "acme"
+    [message] = sample["prompt"]
+    assert message["role"] == "user" and "say ok" in message["content"]
+    assert SECRET_CARD not in message["content"] and SECRET_MAIL not in message["content"]
+    assert sample["completion"] == answer["choices"][0]["message"]["content"]
+    assert_openai_error(await client.get("/admin/review", headers=as_key(key)), 403)
+
+
+@pytest.mark.parametrize("sampling", [0.0], indirect=True)
+async def test_nothing_is_sampled_at_rate_zero(sampling: httpx.AsyncClient) -> None:
+    client = sampling
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    for _ in range(3):
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    await asyncio.sleep(0.3)
+    assert (await client.get("/admin/review")).json()["data"] == []
