@@ -74,7 +74,8 @@ def build_app(
     registry = registry or CollectorRegistry()
     draining = Draining()  # the server starts it on a shutdown signal (cli/serve.py)
     own_registry = CollectorRegistry()  # this app's gateway metrics; `registry` may be shared by several apps
-    tracing = Tracing(tracer_provider(settings.tracing, span_exporter))
+    observe = settings.observability
+    tracing = Tracing(tracer_provider(observe.tracing, span_exporter))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,7 +87,8 @@ def build_app(
         try:
             async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
                 retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
-                observers = _Observers((registry, own_registry), RequestMetrics(own_registry), tracing)
+                metrics = RequestMetrics(own_registry) if observe.metrics else None
+                observers = _Observers((registry, own_registry), metrics, tracing, observe.request_logs)
                 services = _services(settings, loaded, state, observers, limiter, embedder, draining, retrieval)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
@@ -112,7 +114,9 @@ def build_app(
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(ObserveHttpMiddleware, metrics=HttpMetrics(own_registry), tracing=tracing)  # outermost
+    if observe.metrics or tracing.tracer is not None:
+        http_metrics = HttpMetrics(own_registry) if observe.metrics else None
+        app.add_middleware(ObserveHttpMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
     for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics):
         app.include_router(module.router)
     return app
@@ -121,8 +125,9 @@ def build_app(
 @dataclass(frozen=True, slots=True)
 class _Observers:
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
-    requests: RequestMetrics
+    requests: RequestMetrics | None
     tracing: Tracing
+    request_logs: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,7 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
         await quotas.start()
         writer.start()
         reviews = ReviewStore(database)
-        review = ReviewSampler(reviews, settings.review_sample_rate)
+        review = ReviewSampler(reviews, settings.observability.review_sample_rate)
         try:
             yield _State(
                 {"database": database.ping},
@@ -228,6 +233,7 @@ def _services(
             observers.requests,
             observers.tracing,
             state.review,
+            request_logs=observers.request_logs,
         ),
         keys=state.keys,
         key_cache=state.key_cache,

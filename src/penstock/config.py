@@ -111,6 +111,17 @@ class TracingConfig(BaseModel):
     service_name: str = "penstock"
 
 
+class ObservabilityConfig(BaseModel):
+    """What each request leaves for operators; the engine's own metrics are always on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: bool = True  # per-request and per-HTTP-exchange Prometheus series
+    request_logs: bool = True  # one JSON line per request
+    review_sample_rate: float = Field(default=0.01, ge=0, le=1)  # answered requests kept, redacted, for review
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PENSTOCK_", extra="forbid", env_nested_delimiter="__")
 
@@ -135,8 +146,7 @@ class Settings(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    tracing: TracingConfig = Field(default_factory=TracingConfig)
-    review_sample_rate: float = Field(default=0.01, ge=0, le=1)  # answered requests kept, redacted, for review
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

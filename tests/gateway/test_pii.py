@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from stdnum import luhn
 
 from penstock.app import build_app
-from penstock.config import Settings
+from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.served import ServedModel
 from penstock.observability.logging import configure_logging
 from penstock.store.database import connect
@@ -69,7 +69,12 @@ async def traced_app(
     database_url: str, served: dict[str, ServedModel], registry: CollectorRegistry, tmp_path: Path
 ) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    settings = Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url, review_sample_rate=1.0)
+    settings = Settings(
+        home=tmp_path,
+        admin_key=ADMIN_KEY,
+        database_url=database_url,
+        observability=ObservabilityConfig(review_sample_rate=1.0),
+    )
     app = build_app(settings, served, registry, span_exporter=exporter)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

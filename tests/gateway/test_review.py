@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from penstock.app import build_app
-from penstock.config import Settings
+from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.served import ServedModel
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
@@ -30,7 +30,12 @@ async def sampling(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app whose review_sample_rate is the test's parameter."""
     rate = request.param
-    settings = Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url, review_sample_rate=rate)
+    settings = Settings(
+        home=tmp_path,
+        admin_key=ADMIN_KEY,
+        database_url=database_url,
+        observability=ObservabilityConfig(review_sample_rate=rate),
+    )
     app = build_app(settings, served, registry)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

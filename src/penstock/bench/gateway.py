@@ -46,6 +46,7 @@ class GatewayBenchOptions:
     rate: float = 200.0  # offered requests/s for the latency run
     duration_s: float = 10.0
     connections: int = 64  # the closed-loop run's connections
+    observability_rounds: int = 3  # alternating closed-loop rounds, with and without observability
     redis_url: str | None = None
 
 
@@ -67,16 +68,22 @@ class GatewayBenchResult:
     ratio_p50_vs_peer: float  # peer p50 ÷ ours: how many times less latency we add
     load_generator: str
     command: str
+    # Closed-loop max rate with and without request observability (metrics, logs; traces are off by
+    # default), medians of alternating rounds against two gateways running side by side.
+    max_rps_observed: float = 0.0
+    max_rps_unobserved: float = 0.0
+    observability_cost_pct: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
-    with _gateway(options.redis_url) as (port, key):
+    with _gateway(options.redis_url) as (port, key), _gateway(options.redis_url, observed=False) as (bare, bare_key):
         request = _request_bytes(port, key)
         latency = asyncio.run(_open_loop(port, request, options.rate, options.duration_s))
         closed = asyncio.run(_closed_loop(port, request, options.connections, options.duration_s))
+        observed, unobserved = _observability_rounds(options, (port, request), (bare, _request_bytes(bare, bare_key)))
     p50, p90, p99 = _percentiles(latency.latencies_s)
     max_p50 = _percentiles(closed.latencies_s)[0]
     return GatewayBenchResult(
@@ -96,7 +103,23 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
         ratio_p50_vs_peer=PEER["overhead_p50_ms"] / p50 if p50 else float("inf"),
         load_generator="penstock's asyncio HTTP/1.1 client, keep-alive, in a separate process from the gateway",
         command=_command(options),
+        max_rps_observed=round(observed, 1),
+        max_rps_unobserved=round(unobserved, 1),
+        observability_cost_pct=round((1 - observed / unobserved) * 100, 2) if unobserved else 0.0,
     )
+
+
+def _observability_rounds(
+    options: GatewayBenchOptions, observed: tuple[int, bytes], bare: tuple[int, bytes]
+) -> tuple[float, float]:
+    """Median closed-loop rate of each gateway over alternating rounds (the machine's noise hits both)."""
+    rates: dict[int, list[float]] = {observed[0]: [], bare[0]: []}
+    seconds = options.duration_s / 2
+    for _ in range(options.observability_rounds):
+        for port, request in (observed, bare):
+            run = asyncio.run(_closed_loop(port, request, options.connections, seconds))
+            rates[port].append(len(run.latencies_s) / run.wall_s)
+    return statistics.median(rates[observed[0]]), statistics.median(rates[bare[0]])
 
 
 @dataclass(slots=True)
@@ -194,12 +217,13 @@ def _request_bytes(port: int, key: str) -> bytes:
 
 
 @contextmanager
-def _gateway(redis_url: str | None) -> Iterator[tuple[int, str]]:
+def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[tuple[int, str]]:
     """The gateway server in a child process, and a tenant key with limits far above the load."""
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
         command = [sys.executable, "-m", "penstock.bench.gateway_server", "--port", str(port), "--home", home]
         command += ["--redis-url", redis_url] if redis_url else []
+        command += [] if observed else ["--no-observability"]
         # Its own embedded Postgres and no inherited settings: the environment would override the flags.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
         with (Path(home) / "gateway.log").open("wb") as log:

@@ -19,7 +19,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from penstock.app import build_app
-from penstock.config import Settings
+from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.gguf_loader import read_gguf
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.served import ChatCodec
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--no-observability", action="store_true", help="No request metrics, logs or traces.")
     args = parser.parse_args()
     configure_logging("info")  # the request log is part of the path being measured
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -62,6 +63,7 @@ def main() -> None:
         admin_key=SecretStr(ADMIN_KEY),
         redis_url=args.redis_url,
         database_url=args.database_url,
+        observability=ObservabilityConfig(metrics=not args.no_observability, request_logs=not args.no_observability),
     )
     app = build_app(settings, {MODEL: InstantModel()})
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)

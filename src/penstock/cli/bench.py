@@ -164,6 +164,12 @@ def gateway(
         f"{result.ratio_max_rps_vs_peer:.1f}x",
     )
     table.add_row("errors / requests", f"{result.errors} / {result.requests}", "", "")
+    table.add_row(
+        "max req/s with / without observability",
+        f"{result.max_rps_observed:.0f} / {result.max_rps_unobserved:.0f}",
+        "",
+        f"cost {result.observability_cost_pct:.1f}% (target ≤ 5%)",
+    )
     Console().print(table)
     typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")
 

@@ -45,7 +45,7 @@ def sample(
         title = f"{s.request_id} · {s.tenant} · {s.deployment or '-'} · {s.created_at:%Y-%m-%d %H:%M}"
         console.print(Panel(f"{prompt}\n[bold]answer[/bold]: {escape(s.completion)}", title=title, highlight=False))
     if not samples and not json_output:
-        console.print("no samples (is review_sample_rate above 0?)")
+        console.print("no samples (is observability.review_sample_rate above 0?)")
 
 
 def _fields(s: ReviewSample) -> dict[str, object]:

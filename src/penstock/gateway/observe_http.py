@@ -41,7 +41,7 @@ class HttpMetrics:
 
 
 class ObserveHttpMiddleware:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics, tracing: Tracing) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics | None, tracing: Tracing) -> None:
         self.app = app
         self.metrics = metrics
         self.tracing = tracing
@@ -63,8 +63,9 @@ class ObserveHttpMiddleware:
             await self.app(scope, receive, observed_send)
         finally:
             route = _route(scope)
-            self.metrics.responses.labels(scope["method"], route, str(code)).inc()
-            self.metrics.seconds.labels(scope["method"], route).observe(perf_counter() - started)
+            if self.metrics is not None:
+                self.metrics.responses.labels(scope["method"], route, str(code)).inc()
+                self.metrics.seconds.labels(scope["method"], route).observe(perf_counter() - started)
             if span is not None and token is not None:
                 _close_span(span, scope, route, code)
                 otel_context.detach(token)

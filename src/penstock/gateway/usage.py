@@ -41,6 +41,8 @@ class UsageRecorder:
         metrics: RequestMetrics | None = None,
         tracing: Tracing | None = None,
         review: ReviewSampler | None = None,
+        *,
+        request_logs: bool = True,
     ) -> None:
         """Without a writer and a book (an engine worker keeps no state) there is no ledger or budget."""
         self._deployments = deployments
@@ -49,6 +51,7 @@ class UsageRecorder:
         self._metrics = metrics
         self._tracing = tracing or Tracing(None)
         self._review = review
+        self._request_logs = request_logs
         # Requests settled lately, for feedback that arrives before their ledger rows are flushed.
         self._recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
 
@@ -154,6 +157,8 @@ class UsageRecorder:
             self._metrics.observe(row, timer, retrieval)
         if timer is not None:
             self._tracing.record_stages(timer, _span_attributes(row, details))
+        if not self._request_logs:
+            return
         log.info(
             "request",
             request_id=row.request_id,
