@@ -98,6 +98,7 @@ class RetrievalConfig(BaseModel):
     rerank: bool = True
     rerank_candidates: int = Field(default=10, ge=1, le=100)  # the head of the fused list the reranker reorders
     rerank_timeout_s: float = Field(default=2.0, gt=0)  # then the fused order is used
+    rerank_cache_mb: int = Field(default=256, ge=0)  # passages' token vectors kept for MaxSim (~150 KB each)
     chunk_tokens: int = Field(default=200, ge=16, le=512)  # in embedding-model tokens, heading included
     chunk_overlap_tokens: int = Field(default=32, ge=0)
     query_cache_size: int = Field(default=4096, ge=0)

@@ -29,6 +29,7 @@ from penstock.config import Settings
 from penstock.engine.kernel_choice import median_seconds
 from penstock.engine.locator import locate_embedding_model
 from penstock.retrieval.bert import BertEncoder, load_bert
+from penstock.retrieval.token_cache import TokenVectorCache
 
 log = structlog.get_logger("penstock.retrieval")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -62,10 +63,11 @@ class Embedder:
         """Tokens per text, special tokens included, as the model will see them."""
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text, in order; texts longer than max_tokens are the caller's to refuse."""
+    async def embed(self, texts: Sequence[str], keep_tokens: TokenVectorCache | None = None) -> list[list[float]]:
+        """One vector per text, in order; texts longer than max_tokens are the caller's to refuse.
+        `keep_tokens`: where to leave each text's token vectors too (ingestion, for the reranker)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed, list(texts))
+        return await loop.run_in_executor(self._executor, self._embed, list(texts), keep_tokens)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -75,9 +77,7 @@ class Embedder:
         """Each text's contextual token embeddings, unit length, special tokens left out (for MaxSim).
         Runs on the calling thread; texts are cut at max_tokens."""
         hidden, mask, special = self._forward(list(texts), truncate=True)
-        keep = mask.bool() & ~special
-        vectors = torch.nn.functional.normalize(hidden, dim=-1)
-        return [vectors[row][keep[row]] for row in range(len(texts))]
+        return _token_vectors(hidden, mask, special)
 
     def _forward(self, texts: list[str], *, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self._loaded()
@@ -94,8 +94,11 @@ class Embedder:
         return model(ids, mask).float(), mask, special
 
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> list[list[float]]:
-        hidden, mask, _ = self._forward(texts)
+    def _embed(self, texts: list[str], keep_tokens: TokenVectorCache | None = None) -> list[list[float]]:
+        hidden, mask, special = self._forward(texts)
+        if keep_tokens is not None and hidden.shape[1] <= self.max_tokens:  # as token_vectors would see them
+            for text, vectors in zip(texts, _token_vectors(hidden, mask, special), strict=True):
+                keep_tokens.put(text, vectors)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         if self._normalize:
@@ -109,6 +112,12 @@ class Embedder:
                 model = load_bert(self.path)
                 self._model = model.to(DTYPES[self._dtype] if self._dtype != "auto" else _fastest_dtype(model))
         return self._model
+
+
+def _token_vectors(hidden: torch.Tensor, mask: torch.Tensor, special: torch.Tensor) -> list[torch.Tensor]:
+    keep = mask.bool() & ~special
+    vectors = torch.nn.functional.normalize(hidden, dim=-1)
+    return [vectors[row][keep[row]] for row in range(hidden.shape[0])]
 
 
 def configured_embedder(settings: Settings, threads: int = 1) -> Embedder:

@@ -14,6 +14,7 @@ from penstock.errors import InvalidRequest
 from penstock.retrieval.chunker import Chunker
 from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.parsers import Format, parse
+from penstock.retrieval.token_cache import TokenVectorCache
 from penstock.store.documents import DocumentStore, NewChunk
 from penstock.types import Acl
 
@@ -37,10 +38,14 @@ class Ingested:
 
 
 class Ingestor:
-    def __init__(self, store: DocumentStore, embedder: Embedder, chunker: Chunker) -> None:
+    def __init__(
+        self, store: DocumentStore, embedder: Embedder, chunker: Chunker, tokens: TokenVectorCache | None = None
+    ) -> None:
+        """`tokens`: where the chunks' token vectors go for the reranker (the embedding pass makes them)."""
         self._store = store
         self._embedder = embedder
         self._chunker = chunker
+        self._tokens = tokens
 
     async def ingest(self, tenant: str, collection: str, document: IncomingDocument) -> Ingested:
         digest = content_hash(document)
@@ -52,7 +57,8 @@ class Ingestor:
             raise InvalidRequest(f"{document.source!r} holds no text to index", param="documents")
         vectors: list[list[float]] = []
         for start in range(0, len(chunks), EMBED_BATCH):
-            vectors += await self._embedder.embed([c.embedded_text for c in chunks[start : start + EMBED_BATCH]])
+            batch = [c.embedded_text for c in chunks[start : start + EMBED_BATCH]]
+            vectors += await self._embedder.embed(batch, self._tokens)
         rows = [
             NewChunk(c.ordinal, c.heading, c.text, c.tokens, hashlib.sha256(c.text.encode()).hexdigest(), v)
             for c, v in zip(chunks, vectors, strict=True)

@@ -14,12 +14,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from penstock.retrieval.embedder import Embedder
+from penstock.retrieval.token_cache import TokenVectorCache
 from penstock.store.documents import Hit
 
 
 class MaxSimReranker:
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, cache: TokenVectorCache | None = None) -> None:
+        """`cache`: passages' token vectors, filled by ingestion and by earlier reranks."""
         self._embedder = embedder
+        self.cache = cache
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penstock-rerank")
 
     async def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
@@ -35,11 +38,20 @@ class MaxSimReranker:
         self._executor.shutdown(wait=True)
 
     def _scores(self, query: str, passages: list[str]) -> list[float]:
-        query_tokens, *passage_tokens = self._embedder.token_vectors([query, *passages])
+        known = [self.cache.get(p) if self.cache is not None else None for p in passages]
+        missing = [p for p, vectors in zip(passages, known, strict=True) if vectors is None]
+        query_tokens, *computed = self._embedder.token_vectors([query, *missing])
+        fresh = iter(computed)
+        passage_tokens = [vectors if vectors is not None else next(fresh) for vectors in known]
+        if self.cache is not None:
+            for text, vectors in zip(missing, computed, strict=True):
+                self.cache.put(text, vectors)
         if query_tokens.numel() == 0:
             return [0.0] * len(passages)
         # (query tokens x passage tokens) similarities; best passage token per query token, summed.
-        return [float((query_tokens @ p.T).max(dim=1).values.sum()) if p.numel() else 0.0 for p in passage_tokens]
+        return [
+            float((query_tokens @ p.float().T).max(dim=1).values.sum()) if p.numel() else 0.0 for p in passage_tokens
+        ]
 
 
 def passage_text(hit: Hit) -> str:
