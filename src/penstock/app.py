@@ -18,7 +18,7 @@ from penstock import __version__
 from penstock.config import RetrievalConfig, Settings
 from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import admin, chat, collections, embeddings, health, metrics, models, usage_api
+from penstock.gateway import admin, chat, collections, dashboard, embeddings, health, metrics, models, usage_api
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
@@ -36,6 +36,7 @@ from penstock.gateway.review import ReviewSampler
 from penstock.gateway.services import Check, RetrievalServices, Services
 from penstock.gateway.usage import UsageRecorder
 from penstock.identity import Tenant
+from penstock.observability.dashboard import DashboardHistory
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
 from penstock.observability.request_metrics import RequestMetrics
@@ -47,6 +48,7 @@ from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.query_cache import QueryEmbeddings
 from penstock.retrieval.reranker import MaxSimReranker
 from penstock.retrieval.retriever import Retriever, RetrieverConfig
+from penstock.retrieval.token_cache import TokenVectorCache
 from penstock.router.router import Router
 from penstock.store.documents import DocumentStore
 from penstock.store.feedback import FeedbackStore
@@ -83,12 +85,16 @@ def build_app(
             served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
         )
         embedder = configured_embedder(settings)
-        reranker = MaxSimReranker(embedder)
+        reranker = MaxSimReranker(embedder, TokenVectorCache(settings.retrieval.rerank_cache_mb * 2**20))
         try:
-            async with _state(settings, with_database) as state, _limiter(settings, own_registry) as limiter:
+            async with (
+                _state(settings, with_database) as state,
+                _limiter(settings, own_registry) as limiter,
+                DashboardHistory((registry, own_registry), interval_s=observe.dashboard_interval_s) as history,
+            ):
                 retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
                 metrics = RequestMetrics(own_registry) if observe.metrics else None
-                observers = _Observers((registry, own_registry), metrics, tracing, observe.request_logs)
+                observers = _Observers((registry, own_registry), metrics, tracing, observe.request_logs, history)
                 services = _services(settings, loaded, state, observers, limiter, embedder, draining, retrieval)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
@@ -117,7 +123,7 @@ def build_app(
     if observe.metrics or tracing.tracer is not None:
         http_metrics = HttpMetrics(own_registry) if observe.metrics else None
         app.add_middleware(ObserveHttpMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
-    for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics):
+    for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics, dashboard):
         app.include_router(module.router)
     return app
 
@@ -128,6 +134,7 @@ class _Observers:
     requests: RequestMetrics | None
     tracing: Tracing
     request_logs: bool
+    dashboard: DashboardHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +247,7 @@ def _services(
         ledger=state.usage,
         feedback=state.feedback,
         reviews=state.reviews,
+        dashboard=observers.dashboard,
         draining=draining,
         retrieval=retrieval,
     )
@@ -256,4 +264,4 @@ def _retrieval(
     queries = QueryEmbeddings(embedder, config.query_cache_size)
     retriever = Retriever(documents, queries, reranker if config.rerank else None, searches)
     chunker = Chunker(embedder.tokenizer, ChunkingConfig(config.chunk_tokens, config.chunk_overlap_tokens))
-    return RetrievalServices(documents, Ingestor(documents, embedder, chunker), retriever)
+    return RetrievalServices(documents, Ingestor(documents, embedder, chunker, reranker.cache), retriever)

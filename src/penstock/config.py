@@ -120,6 +120,7 @@ class ObservabilityConfig(BaseModel):
     metrics: bool = True  # per-request and per-HTTP-exchange Prometheus series
     request_logs: bool = True  # one JSON line per request
     review_sample_rate: float = Field(default=0.01, ge=0, le=1)  # answered requests kept, redacted, for review
+    dashboard_interval_s: float = Field(default=2.0, gt=0)  # how often the /dashboard charts gain a point
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 

@@ -20,9 +20,7 @@ def retrieval(
     dataset: str = typer.Option(
         "manpages", help="'manpages' (built from this machine's manual pages) or a JSONL file."
     ),
-    limit: int = typer.Option(
-        2000, min=10, help="Pages to sample for the manpages set."
-    ),
+    limit: int = typer.Option(2000, min=10, help="Pages to sample for the manpages set."),
     seed: int = typer.Option(0, help="Seed of the manpages sample."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
     config: Path | None = ConfigOption,

@@ -14,6 +14,7 @@ from penstock.gateway.draining import Draining
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.usage import UsageRecorder
+from penstock.observability.dashboard import DashboardHistory
 from penstock.pipeline import Pipeline
 from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import Ingestor
@@ -56,6 +57,7 @@ class Services:
     ledger: LedgerStore | None = None  # usage reports; None in an engine worker
     feedback: FeedbackStore | None = None
     reviews: ReviewStore | None = None  # the review sample, for admin keys
+    dashboard: DashboardHistory | None = None  # the admin dashboard's recent charts
 
 
 async def services(request: Request) -> Services:
