@@ -133,6 +133,20 @@ async def test_ten_thousand_random_queries_never_leak_across_tenants_or_acls(dat
     assert leaks == 0
 
 
+async def test_common_words_are_asked_for_together_and_rare_ones_alone(database: Database) -> None:
+    store, rng = DocumentStore(database), np.random.default_rng(6)
+    texts = [f"alpha bravo {WORDS[i % 16]}" for i in range(40)] + ["alpha charlie"] * 10 + ["bravo delta"] * 10
+    texts.append("alpha zebra")  # in one chunk of 61: under 2%, rare
+    await store.replace("t", "docs", "a.md", "h", Acl(), chunks_of(texts, rng))
+    await store.analyze()  # alpha and bravo are now known to be in most chunks
+    both = await store.sparse(everyone("t"), "alpha bravo", 100)
+    assert both and all("alpha" in h.body and "bravo" in h.body for h in both)  # AND, not OR
+    rare = await store.sparse(everyone("t"), "alpha zulu xray", 100)  # no rare word matches: the common one
+    assert rare and all("alpha" in h.body for h in rare)
+    zebra = await store.sparse(everyone("t"), "alpha zebra", 100)  # a rare word: it alone decides
+    assert [h.body for h in zebra] == ["alpha zebra"]
+
+
 @pytest.mark.parametrize("query", ["", "!!! ---", "drop table chunks; --", "a & b | !c <-> d"])
 async def test_any_text_is_a_safe_full_text_query(database: Database, query: str) -> None:
     store, rng = DocumentStore(database), np.random.default_rng(5)
