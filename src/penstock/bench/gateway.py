@@ -46,8 +46,8 @@ class GatewayBenchOptions:
     rate: float = 200.0  # offered requests/s for the latency run
     duration_s: float = 10.0
     connections: int = 64  # the closed-loop run's connections
-    observability_rounds: int = 3  # alternating closed-loop rounds, with and without observability
     redis_url: str | None = None
+    observability_rounds: int = 3  # alternating closed-loop rounds, with and without observability
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ stays current while the request runs, so the stage spans written at settlement b
 from __future__ import annotations
 
 from time import perf_counter
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -25,6 +26,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 class HttpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.responses = Counter(
             "penstock_http_responses_total",
             "HTTP responses by route and status code",
@@ -38,6 +40,17 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
+        key = (method, route, code)
+        children = self._children.get(key)
+        if children is None:  # labels() costs more than the observation: once per route and code
+            children = self._children[key] = (
+                self.responses.labels(method, route, str(code)),
+                self.seconds.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class ObserveHttpMiddleware:
@@ -64,8 +77,7 @@ class ObserveHttpMiddleware:
         finally:
             route = _route(scope)
             if self.metrics is not None:
-                self.metrics.responses.labels(scope["method"], route, str(code)).inc()
-                self.metrics.seconds.labels(scope["method"], route).observe(perf_counter() - started)
+                self.metrics.observe(scope["method"], route, code, perf_counter() - started)
             if span is not None and token is not None:
                 _close_span(span, scope, route, code)
                 otel_context.detach(token)

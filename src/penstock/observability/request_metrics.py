@@ -8,6 +8,8 @@ hits) in engine_metrics.py; these are the gateway's, arrival to last byte.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from penstock.observability.engine_metrics import LATENCY_BUCKETS
@@ -18,6 +20,8 @@ from penstock.types import Retrieval
 
 class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
         def seconds(name: str, doc: str, labels: list[str]) -> Histogram:
             return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=registry)
 
@@ -68,6 +72,14 @@ class RequestMetrics:
             registry=registry,
         )
 
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """metric.labels(*values), remembered: labels() costs more than the observation itself."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def feedback(self, deployment: str, rating: int, escalated: bool) -> None:
         verdict = {-1: "negative", 0: "neutral", 1: "positive"}[rating]
         self.feedbacks.labels(deployment, verdict, str(escalated).lower()).inc()
@@ -75,13 +87,13 @@ class RequestMetrics:
     def observe(self, row: LedgerRow, timer: StageTimer | None = None, retrieval: Retrieval | None = None) -> None:
         deployment = row.deployment or ""
         status, error_type = _outcome(row.status)
-        self.requests.labels(row.route, deployment, row.tenant, status, error_type).inc()
+        self._child(self.requests, row.route, deployment, row.tenant, status, error_type).inc()
         if row.prompt_tokens:
-            self.tokens.labels(deployment, row.tenant, "in").inc(row.prompt_tokens)
+            self._child(self.tokens, deployment, row.tenant, "in").inc(row.prompt_tokens)
         if row.completion_tokens:
-            self.tokens.labels(deployment, row.tenant, "out").inc(row.completion_tokens)
+            self._child(self.tokens, deployment, row.tenant, "out").inc(row.completion_tokens)
         if row.cost:
-            self.cost.labels(deployment, row.tenant).inc(row.cost)
+            self._child(self.cost, deployment, row.tenant).inc(row.cost)
         if retrieval is not None:
             self._retrieval(retrieval)
         if timer is not None:
@@ -89,14 +101,14 @@ class RequestMetrics:
 
     def _timings(self, row: LedgerRow, timer: StageTimer, deployment: str, status: str) -> None:
         for name, seconds in timer.seconds.items():
-            self.stage.labels(name, row.route).observe(seconds)
-        self.request.labels(row.route, deployment, status).observe(timer.total())
+            self._child(self.stage, name, row.route).observe(seconds)
+        self._child(self.request, row.route, deployment, status).observe(timer.total())
         ttft = timer.ttft()
         if ttft is not None:
-            self.ttft.labels(deployment).observe(ttft)
+            self._child(self.ttft, deployment).observe(ttft)
         decode = timer.seconds.get("decode")
         if decode and row.completion_tokens > 1:
-            self.tpot.labels(deployment).observe(decode / (row.completion_tokens - 1))
+            self._child(self.tpot, deployment).observe(decode / (row.completion_tokens - 1))
 
     def _retrieval(self, retrieval: Retrieval) -> None:
         self.retrieval.labels(retrieval.status).inc()
