@@ -9,7 +9,6 @@ stays current while the request runs, so the stage spans written at settlement b
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -19,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from penstock.observability.engine_metrics import LATENCY_BUCKETS
+from penstock.observability.labelled import Labelled
 from penstock.observability.tracing import Tracing
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -26,7 +26,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 class HttpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._child = Labelled()
         self.responses = Counter(
             "penstock_http_responses_total",
             "HTTP responses by route and status code",
@@ -42,15 +42,8 @@ class HttpMetrics:
         )
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
-        key = (method, route, code)
-        children = self._children.get(key)
-        if children is None:  # labels() costs more than the observation: once per route and code
-            children = self._children[key] = (
-                self.responses.labels(method, route, str(code)),
-                self.seconds.labels(method, route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self._child(self.responses, method, route, str(code)).inc()
+        self._child(self.seconds, method, route).observe(seconds)
 
 
 class ObserveHttpMiddleware:

@@ -8,11 +8,10 @@ hits) in engine_metrics.py; these are the gateway's, arrival to last byte.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from penstock.observability.engine_metrics import LATENCY_BUCKETS
+from penstock.observability.labelled import Labelled
 from penstock.observability.timing import StageTimer
 from penstock.store.ledger import LedgerRow
 from penstock.types import Retrieval
@@ -20,7 +19,7 @@ from penstock.types import Retrieval
 
 class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._child = Labelled()
 
         def seconds(name: str, doc: str, labels: list[str]) -> Histogram:
             return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=registry)
@@ -71,14 +70,6 @@ class RequestMetrics:
             ["reason"],
             registry=registry,
         )
-
-    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
-        """metric.labels(*values), remembered: labels() costs more than the observation itself."""
-        key = (id(metric), values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
 
     def feedback(self, deployment: str, rating: int, escalated: bool) -> None:
         verdict = {-1: "negative", 0: "neutral", 1: "positive"}[rating]
