@@ -157,7 +157,7 @@ class UsageRecorder:
             self._recent.popitem(last=False)
         if self._metrics is not None:
             self._metrics.observe(row, timer, retrieval)
-        if timer is not None:
+        if timer is not None and self._tracing.tracer is not None:  # attributes only for a trace to hold them
             self._tracing.record_stages(timer, _span_attributes(row, details))
         if not self._request_logs:
             return

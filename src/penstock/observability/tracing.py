@@ -65,6 +65,8 @@ class Tracing:
 
     def trace_id(self) -> str | None:
         """The current request's trace id (hex), for its log lines; None when it is not traced."""
+        if self.tracer is None:
+            return None
         context = trace.get_current_span().get_span_context()
         return f"{context.trace_id:032x}" if context.is_valid and context.trace_flags.sampled else None
 
