@@ -76,7 +76,10 @@ CONFIGS = {
     "chunked-prefill": {"scheduler": SchedulerConfig(max_num_seqs=8, max_batched_tokens=16)},
     "few-seqs": {"scheduler": SchedulerConfig(max_num_seqs=2, max_batched_tokens=64)},
     # 6 prompts of ~40 tokens + 20 new need ~24 blocks of 16: a quarter of that forces preemption
-    "tight-cache": {"kv_cache_tokens": 6 * 16},
+    "cache-tight": {"kv_cache_tokens": 6 * 16},
+    # decodes through the native kernel; with a tight cache, chunks and recomputes go beside them
+    "native-attention": {"native_attention": True},
+    "native-attention-tight": {"native_attention": True, "kv_cache_tokens": 6 * 16},
 }
 
 
@@ -85,10 +88,11 @@ async def test_greedy_batch_equals_the_unbatched_reference(
     loaded: LoadedModel, expected: dict[str, list[int]], name: str
 ) -> None:
     for engine in engine_with(loaded, **CONFIGS[name]):
+        assert (engine.core.runner.decode_kernel is not None) == ("native" in name)  # built here: cc is present
         assert await run_all(engine, loaded, QUESTIONS) == expected
         stats = await engine.stats()
         assert stats.free_blocks == stats.total_blocks
-        if name == "tight-cache":
+        if name.endswith("tight"):
             assert stats.preemptions > 0
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from penstock.engine.kernel_choice import KV_DTYPES, fastest_kv_dtype, median_seconds, quantize_if_faster
+from penstock.engine.kernel_choice import (
+    KV_DTYPES,
+    AttentionChoice,
+    choose_attention,
+    median_seconds,
+    quantize_if_faster,
+)
 from penstock.engine.model import ModelArgs, Transformer
 from penstock.engine.quant import HybridInt4Linear, HybridInt8Linear
 
@@ -30,8 +36,14 @@ def test_median_seconds_times_the_call() -> None:
     assert len(calls) == 4  # a warm-up, then the timed repeats
 
 
-def test_the_kv_dtype_is_one_of_the_candidates() -> None:
-    assert fastest_kv_dtype(TINY) in KV_DTYPES
+def test_the_attention_choice_is_one_of_the_candidates() -> None:
+    choice = choose_attention(TINY, KV_DTYPES, (False, True))
+    assert choice.kv_dtype in KV_DTYPES and choice.native in (False, True)
+
+
+def test_a_single_candidate_is_taken_untimed_and_the_kernel_never_gets_a_dtype_it_lacks() -> None:
+    assert choose_attention(TINY, (torch.float16,), (True,)) == AttentionChoice(torch.float16, False)
+    assert choose_attention(TINY, (torch.float32,), (True,)) == AttentionChoice(torch.float32, True)
 
 
 def test_quantize_if_faster_swaps_all_or_nothing_and_reports_which() -> None:

@@ -163,6 +163,23 @@ def test_a_repeated_prompt_reuses_cached_blocks() -> None:
     assert blocks.stats.hit_tokens == 16
 
 
+def test_with_prefix_caching_off_a_repeated_prompt_is_computed_again() -> None:
+    blocks = BlockManager(64, BLOCK, prefix_caching=False)
+    scheduler = Scheduler(SchedulerConfig(), blocks)
+    prompt = list(range(18))
+    for _ in range(2):
+        seq = make_seq(prompt, max_tokens=1)
+        scheduler.add(seq)
+        [chunk] = scheduler.schedule()
+        assert seq.num_cached == 0 and chunk.start == 0 and chunk.length == 18
+        seq.num_computed += chunk.length
+        seq.token_ids.append(0)
+        blocks.register(seq)
+        scheduler.remove(seq)
+    assert blocks.cached == {} and blocks.stats.hit_tokens == 0
+    assert blocks.num_free == 64
+
+
 def test_a_fully_cached_prompt_still_computes_its_last_token() -> None:
     blocks = BlockManager(64, BLOCK)
     scheduler = Scheduler(SchedulerConfig(), blocks)

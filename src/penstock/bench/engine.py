@@ -16,10 +16,11 @@ import torch
 from penstock.bench import engine_side, hf_baseline
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
+from penstock.engine.kernel_choice import AttentionChoice
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.quant import HybridInt4Linear
-from penstock.engine.served import DTYPES, choose_kv_dtype, quantization
+from penstock.engine.served import DTYPES, choose_attention, quantization
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class BenchOptions:
     threads: int | None = None  # None: torch's default
     weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
     kv_dtype: str = "auto"  # the engine's KV cache, as a deployment sets it (auto: the faster, measured)
+    attention: str = "auto"  # the engine's decode attention, as a deployment sets it (auto: measured)
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -45,7 +47,7 @@ class BenchOptions:
         args += ["--requests", str(self.spec.requests), "--seed", str(self.seed)]
         args += ["--kv-fraction", str(self.kv_fraction), "--dtype", self.dtype]
         args += ["--threads", str(self.threads)] if self.threads is not None else []
-        args += ["--weights", self.weights, "--kv-dtype", self.kv_dtype]
+        args += ["--weights", self.weights, "--kv-dtype", self.kv_dtype, "--attention", self.attention]
         return shlex.join(args)
 
 
@@ -78,6 +80,7 @@ class EngineBenchResult:
     weights: str
     quantized: bool  # what `weights` came to: the hybrid quantized kernels in use
     kv_dtype: str  # what the KV cache dtype setting came to
+    decode_attention: str  # what the attention setting came to: native or sdpa
     torch_threads: int
     seed: int
     model: str
@@ -109,7 +112,7 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
 class _EngineFigures:
     run: engine_side.EngineRun
     kv_tokens: int
-    kv_dtype: torch.dtype
+    attention: AttentionChoice
     load_1m: float
     single_tok_s: float
     cold_ttft_s: float
@@ -124,18 +127,18 @@ class _HFFigures:
 
 
 def _engine_side(loaded: LoadedModel, workload: Workload, options: BenchOptions, progress: Progress) -> _EngineFigures:
-    kv_dtype = choose_kv_dtype(options.kv_dtype, loaded.args)
+    attention = choose_attention(options.kv_dtype, options.attention, loaded.args, loaded.dtype)
     kv_tokens = engine_side.kv_tokens_for(workload.throughput, options.kv_fraction)
-    engine = engine_side.new_engine(loaded, kv_tokens, kv_dtype)
+    engine = engine_side.new_engine(loaded, kv_tokens, attention)
     engine_side.run(engine, [workload.warmup])  # first calls allocate and spin up the thread pool
     progress.phase("penstock, all requests at once", workload.requested_tokens)
     throughput = engine_side.run(engine, workload.throughput, progress)
     load_1m = os.getloadavg()[0]
     progress.phase("penstock, single stream and prefix cache", 1)
-    single = engine_side.single_stream_tok_s(loaded, workload.single, kv_dtype)
-    cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed, kv_dtype)
+    single = engine_side.single_stream_tok_s(loaded, workload.single, attention)
+    cold, warm = engine_side.prefix_ttft_s(loaded, workload.warmup, workload.prefixed, attention)
     progress.advance()
-    return _EngineFigures(throughput, kv_tokens, kv_dtype, load_1m, single, cold, warm)
+    return _EngineFigures(throughput, kv_tokens, attention, load_1m, single, cold, warm)
 
 
 def _hf_side(model: Any, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress) -> _HFFigures:
@@ -179,7 +182,8 @@ def _result(
         dtype=options.dtype,
         weights=options.weights,
         quantized=any(isinstance(m, HybridInt4Linear) for m in loaded.model.modules()),
-        kv_dtype=str(ours.kv_dtype).removeprefix("torch."),
+        kv_dtype=str(ours.attention.kv_dtype).removeprefix("torch."),
+        decode_attention="native" if ours.attention.native else "sdpa",
         torch_threads=torch.get_num_threads(),
         seed=options.seed,
         model=loaded.name,

@@ -11,10 +11,10 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import structlog
-import torch
 
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import BenchRequest
+from penstock.engine.kernel_choice import AttentionChoice
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import LoadedModel
 from penstock.engine.sampler import request_rng
@@ -99,8 +99,12 @@ def kv_tokens_for(requests: Seq[BenchRequest], fraction: float = 1.0) -> int:
     return max(round(fraction * sum(blocks)), max(blocks)) * BLOCK_SIZE
 
 
-def new_engine(loaded: LoadedModel, kv_tokens: int, kv_dtype: torch.dtype | None = None) -> LLMEngine:
-    return LLMEngine(loaded, EngineConfig(block_size=BLOCK_SIZE, kv_cache_tokens=kv_tokens, kv_dtype=kv_dtype))
+def new_engine(
+    loaded: LoadedModel, kv_tokens: int, attention: AttentionChoice | None = None, *, prefix_caching: bool = True
+) -> LLMEngine:
+    """An engine with the benchmark's block size; no attention choice: the model's dtype and SDPA."""
+    kv_dtype, native = (attention.kv_dtype, attention.native) if attention else (None, False)
+    return LLMEngine(loaded, EngineConfig(BLOCK_SIZE, kv_tokens, kv_dtype, prefix_caching, native))
 
 
 def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | None = None) -> EngineRun:
@@ -116,18 +120,23 @@ def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | Non
     return EngineRun(trackers, wall_s, stats.preemptions - before, stats.prefix_hit_rate)
 
 
-def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest, kv_dtype: torch.dtype | None = None) -> float:
+def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest, attention: AttentionChoice | None = None) -> float:
     """Decode tokens per second of one request alone, time to first token excluded."""
-    return run(new_engine(loaded, kv_tokens_for([request]), kv_dtype), [request]).trackers[0].decode_tok_s
+    return run(new_engine(loaded, kv_tokens_for([request]), attention), [request]).trackers[0].decode_tok_s
 
 
 def prefix_ttft_s(
-    loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest], kv_dtype: torch.dtype | None = None
+    loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest], attention: AttentionChoice | None = None
 ) -> tuple[float, float]:
-    """Mean time to first token of the prefixed requests: on an empty prefix cache, then on a warm one."""
+    """Mean time to first token of the prefixed requests, all submitted at once: without prefix caching,
+    then with the shared prefix already cached.
+
+    Not "with an empty cache": the first request to compute the prefix would fill it for the rest
+    within the same run, so that run measures the cache's in-flight sharing, not a cold start.
+    """
     kv_tokens = kv_tokens_for([warmup, *prefixed])
-    cold = run(new_engine(loaded, kv_tokens, kv_dtype), prefixed).mean_ttft_s
-    engine = new_engine(loaded, kv_tokens, kv_dtype)
+    cold = run(new_engine(loaded, kv_tokens, attention, prefix_caching=False), prefixed).mean_ttft_s
+    engine = new_engine(loaded, kv_tokens, attention)
     run(engine, [warmup])
     return cold, run(engine, prefixed).mean_ttft_s
 

@@ -41,6 +41,12 @@ class KVDtype(StrEnum):
     float16 = "float16"
 
 
+class AttentionKernel(StrEnum):
+    auto = "auto"
+    native = "native"
+    sdpa = "sdpa"
+
+
 @app.command("engine")
 def engine(
     json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
@@ -53,6 +59,9 @@ def engine(
     dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
     kv_dtype: KVDtype = typer.Option(KVDtype.auto, help="Engine KV cache dtype; auto: the faster, timed at load."),
+    attention: AttentionKernel = typer.Option(
+        AttentionKernel.auto, help="Engine decode attention; auto: the native kernel where it times faster than SDPA."
+    ),
     weights: Weights = typer.Option(
         Weights.auto,
         help="Engine weights as a deployment sets them; auto: int4 for a 4-bit GGUF where it times faster "
@@ -63,7 +72,9 @@ def engine(
     configure_logging("warning")  # stderr, and quiet: stdout holds only the result
     from penstock.bench.engine import BenchOptions, run_engine_bench  # torch: only for the command that needs it
 
-    options = BenchOptions(quick, requests, seed, kv_fraction, dtype.value, threads, weights.value, kv_dtype.value)
+    options = BenchOptions(
+        quick, requests, seed, kv_fraction, dtype.value, threads, weights.value, kv_dtype.value, attention.value
+    )
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)
     if json_output:

@@ -43,8 +43,9 @@ class PrefixStats:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, *, prefix_caching: bool = True) -> None:
         self.block_size = block_size
+        self.prefix_caching = prefix_caching  # off: every prompt is computed in full, nothing is keyed
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
         self.cached: dict[int, int] = {}  # key → block id
@@ -66,7 +67,7 @@ class BlockManager:
 
         At least one token is always left to compute: its logits start the generation.
         """
-        for index in range((len(seq) - 1) // self.block_size):
+        for index in range((len(seq) - 1) // self.block_size if self.prefix_caching else 0):
             tokens = self._tokens(seq, index)
             key = block_key(seq.block_keys[-1] if seq.block_keys else None, tokens, seq.adapter)
             block_id = self.cached.get(key)
@@ -109,6 +110,8 @@ class BlockManager:
 
     def register(self, seq: Sequence) -> None:
         """Key the sequence's full, computed blocks so later requests can reuse them."""
+        if not self.prefix_caching:
+            return
         for index in range(len(seq.block_keys), seq.num_computed // self.block_size):
             tokens = self._tokens(seq, index)
             key = block_key(seq.block_keys[-1] if seq.block_keys else None, tokens, seq.adapter)

@@ -2,8 +2,9 @@
 
 Which kernel wins depends on the CPU more than on the model. On one 2-core machine int4 decode ran
 twice as fast as fp32 and a bf16 KV cache halved attention's cost; on an AVX2-only EPYC the bf16
-attention kernel ran 3-5x slower than fp32 and int4 gained far less. So `auto` settings measure
-here instead of assuming, and log what they measured.
+SDPA kernel ran 3-5x slower than fp32 and int4 gained far less, while the native decode kernel ran
+2.4x faster than SDPA there. So `auto` settings measure here instead of assuming, and log what they
+measured.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, replace
 
 import structlog
 import torch
@@ -18,11 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from penstock.engine.model import ModelArgs
+from penstock.engine.native import FUNCTIONS, DecodeKernel, load_decode_kernel
+from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.engine.quant import Swap, apply_swaps, hybrid_swaps
 
 log = structlog.get_logger("penstock.engine")
 KV_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_CONTEXT = 512  # keys per sequence in the attention probe: a mid-length chat
+PROBE_SEQS = 16  # decodes in the probe's step: a busy server's batch
+PROBE_BLOCK = 16
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -49,28 +56,47 @@ def quantize_if_faster(model: nn.Module) -> bool:
     return wins
 
 
-def fastest_kv_dtype(args: ModelArgs) -> torch.dtype:
-    """The KV cache dtype whose decode attention (one query over PROBE_CONTEXT keys, every layer) is fastest."""
-    timings = {dtype: _attention_seconds(args, dtype) for dtype in KV_DTYPES}
+@dataclass(frozen=True, slots=True)
+class AttentionChoice:
+    kv_dtype: torch.dtype
+    native: bool  # decodes through the native kernel (native.py) rather than per-sequence SDPA
+
+
+def choose_attention(args: ModelArgs, kv_dtypes: Seq[torch.dtype], natives: Seq[bool]) -> AttentionChoice:
+    """The fastest KV cache dtype and decode path for a batch of decodes (PROBE_SEQS of PROBE_CONTEXT keys each)."""
+    # The kernel serves fp32 and bf16 caches; for any other dtype its candidate becomes SDPA's.
+    candidates = list(dict.fromkeys(AttentionChoice(d, n and d in FUNCTIONS) for d in kv_dtypes for n in natives))
+    if len(candidates) == 1:
+        return candidates[0]
+    kernel = load_decode_kernel() if any(natives) else None
+    timings = {c: _decode_seconds(args, c.kv_dtype, kernel if c.native else None) for c in candidates}
     best = min(timings, key=timings.__getitem__)
     log.info(
         "kernel_choice",
-        kind="kv_cache_dtype",
-        **{f"{str(dtype).removeprefix('torch.')}_ms": s * 1e3 for dtype, s in timings.items()},
-        chosen=str(best).removeprefix("torch."),
+        kind="decode_attention",
+        **{_label(c): round(s * 1e3, 2) for c, s in timings.items()},
+        chosen=_label(best).removesuffix("_ms"),
     )
     return best
 
 
+def _label(choice: AttentionChoice) -> str:
+    return f"{'native' if choice.native else 'sdpa'}_{str(choice.kv_dtype).removeprefix('torch.')}_ms"
+
+
+def _decode_seconds(args: ModelArgs, dtype: torch.dtype, kernel: DecodeKernel | None) -> float:
+    """One decode step's attention, every layer, for PROBE_SEQS sequences of PROBE_CONTEXT keys."""
+    blocks_per_seq = -(-PROBE_CONTEXT // PROBE_BLOCK)
+    cache = PagedKVCache(replace(args, n_layers=1), PROBE_SEQS * blocks_per_seq, PROBE_BLOCK, dtype=dtype, device="cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    tables = [range(i * blocks_per_seq, (i + 1) * blocks_per_seq) for i in range(PROBE_SEQS)]
+    step = PagedAttention.build(cache, [SeqSlice(t, PROBE_CONTEXT - 1, 1) for t in tables], "cpu", kernel)
+    q = torch.randn(1, args.n_heads, PROBE_SEQS, args.head_dim)
+    k, v = (torch.randn(1, args.n_kv_heads, PROBE_SEQS, args.head_dim) for _ in range(2))
+    with torch.inference_mode():
+        return median_seconds(lambda: [step.attend(0, q, k, v) for _ in range(args.n_layers)])
+
+
 def _layers(swaps: list[Swap]) -> list[nn.Module]:
     return [replacement for _, _, replacement in swaps]
-
-
-def _attention_seconds(args: ModelArgs, dtype: torch.dtype) -> float:
-    q = torch.randn(1, args.n_heads, 1, args.head_dim, dtype=dtype)
-    k = torch.randn(1, args.n_kv_heads, PROBE_CONTEXT, args.head_dim, dtype=dtype)
-    gqa = args.n_heads != args.n_kv_heads
-    with torch.inference_mode():
-        return median_seconds(
-            lambda: [F.scaled_dot_product_attention(q, k, k, enable_gqa=gqa) for _ in range(args.n_layers)]
-        )

@@ -15,6 +15,7 @@ import torch
 from penstock.engine.block_manager import BlockManager
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
+from penstock.engine.native import load_decode_kernel
 from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StateRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
@@ -34,6 +35,8 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_tokens: int = 32_768
     kv_dtype: torch.dtype | None = None  # None: the model's dtype
+    prefix_caching: bool = True
+    native_attention: bool = False  # decodes through the native kernel (native.py), where it is built
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -80,9 +83,9 @@ class LLMEngine:
         num_blocks = config.kv_cache_tokens // config.block_size
         kv_dtype = config.kv_dtype or loaded.dtype
         self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=kv_dtype, device=loaded.device)
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching=config.prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
-        self.runner = ModelRunner(loaded, self.cache)
+        self.runner = ModelRunner(loaded, self.cache, load_decode_kernel() if config.native_attention else None)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
         per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)
@@ -91,6 +94,7 @@ class LLMEngine:
             tokens=num_blocks * config.block_size,
             bytes=num_blocks * config.block_size * per_token,
             dtype=str(kv_dtype).removeprefix("torch."),
+            decode_attention="native" if self.runner.decode_kernel else "sdpa",
             max_concurrent_seqs=config.scheduler.max_num_seqs,
             full_context_seqs=num_blocks * config.block_size // loaded.args.max_seq_len,
         )

@@ -4,6 +4,10 @@ All sequences of a step go through the linear layers as one flat row of tokens. 
 per sequence: its blocks are gathered with one index_select and one SDPA call serves its queries.
 Measured on a 2-core CPU, that beats padding the batch into one masked SDPA call by 3-4x: padding
 gathers and attends over every sequence's longest neighbour.
+
+On the CPU, where kernel_choice measured it faster, the single-query rows (decodes) go instead to
+the native kernel (native.py), which reads keys and values in place through the block tables:
+one call per layer for all of them. Prefill chunks keep SDPA, whose matmuls suit many queries.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from penstock.engine.model import ModelArgs
+from penstock.engine.native import DecodeKernel, DecodeRows
 
 
 class PagedKVCache:
@@ -64,21 +69,32 @@ class PagedAttention:
 
     cache: PagedKVCache
     slot_mapping: Tensor  # (T,) flat slot (block * block_size + offset) of each new token
-    views: tuple[SeqView, ...]
+    views: tuple[SeqView, ...]  # what SDPA serves: every sequence, or with a kernel the multi-query chunks
+    kernel: DecodeKernel | None = None
+    decode: DecodeRows | None = None  # with a kernel, the single-query rows it serves
 
     @classmethod
-    def build(cls, cache: PagedKVCache, slices: Seq[SeqSlice], device: torch.device | str) -> PagedAttention:
+    def build(
+        cls, cache: PagedKVCache, slices: Seq[SeqSlice], device: torch.device | str, kernel: DecodeKernel | None = None
+    ) -> PagedAttention:
         bs = cache.block_size
         views, slots, offset = [], [], 0
+        decode: tuple[list[int], list[list[int]], list[int]] = ([], [], [])
         for s in slices:
             context = s.start + s.length
-            blocks = torch.tensor(s.block_table[: -(-context // bs)], dtype=torch.long)
+            table = list(s.block_table[: -(-context // bs)])
+            blocks = torch.tensor(table, dtype=torch.long)
             positions = torch.arange(s.start, context)
             slots.append(blocks[positions // bs] * bs + positions % bs)
-            mask = torch.arange(context)[None, :] <= positions[:, None] if s.length > 1 else None
-            views.append(SeqView(slice(offset, offset + s.length), blocks.to(device), context, _to(mask, device)))
+            if kernel is not None and s.length == 1:
+                for part, value in zip(decode, (offset, table, context), strict=True):
+                    part.append(value)
+            else:
+                mask = torch.arange(context)[None, :] <= positions[:, None] if s.length > 1 else None
+                views.append(SeqView(slice(offset, offset + s.length), blocks.to(device), context, _to(mask, device)))
             offset += s.length
-        return cls(cache, torch.cat(slots).to(device), tuple(views))
+        rows = DecodeRows.build(*decode) if decode[0] else None
+        return cls(cache, torch.cat(slots).to(device), tuple(views), kernel if rows else None, rows)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (1, H, T, D), k and v (1, H_kv, T, D) for the step's flat tokens → (1, H, T, D)."""
@@ -87,8 +103,22 @@ class PagedAttention:
         # A cache narrower than the model (bf16 under fp32) halves the bytes attention reads.
         k_cache.view(-1, n_kv, head_dim).index_copy_(0, self.slot_mapping, k[0].transpose(0, 1).to(k_cache.dtype))
         v_cache.view(-1, n_kv, head_dim).index_copy_(0, self.slot_mapping, v[0].transpose(0, 1).to(v_cache.dtype))
+        if self.kernel is not None and self.decode is not None:
+            return self._attend_native(q, k_cache, v_cache, self.kernel, self.decode)
         q = q.to(k_cache.dtype)
         return torch.cat([self._one(view, q, k_cache, v_cache) for view in self.views], dim=2).to(k.dtype)
+
+    def _attend_native(
+        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, kernel: DecodeKernel, decode: DecodeRows
+    ) -> Tensor:
+        """The kernel writes the decode rows of `out`, SDPA the chunks' rows; `out` is (T, H, D)."""
+        _, n_heads, tokens, head_dim = q.shape
+        out = torch.empty(tokens, n_heads, head_dim, dtype=q.dtype)
+        kernel(q[0].transpose(0, 1).contiguous(), k_cache, v_cache, decode, out)
+        narrow_q = q.to(k_cache.dtype)
+        for view in self.views:
+            out[view.queries] = self._one(view, narrow_q, k_cache, v_cache)[0].transpose(0, 1).to(out.dtype)
+        return out.transpose(0, 1)[None]
 
     @staticmethod
     def _one(view: SeqView, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:

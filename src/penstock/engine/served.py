@@ -13,11 +13,13 @@ from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.chat_template import ChatTemplate, Part
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.grammar import GrammarCompiler
-from penstock.engine.kernel_choice import fastest_kv_dtype
+from penstock.engine.kernel_choice import KV_DTYPES, AttentionChoice
+from penstock.engine.kernel_choice import choose_attention as choose_attention_by_timing
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.loader import Quantize, load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
+from penstock.engine.native import load_decode_kernel
 from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
@@ -87,19 +89,26 @@ def quantization(weights: str, path: Path) -> Quantize:
     return "on" if weights == "int4" else "off"
 
 
-def choose_kv_dtype(setting: str, args: ModelArgs) -> torch.dtype:
-    return fastest_kv_dtype(args) if setting == "auto" else DTYPES[setting]
+def choose_attention(kv_setting: str, kernel_setting: str, args: ModelArgs, dtype: torch.dtype) -> AttentionChoice:
+    """The KV cache dtype and decode path the settings ask for; `auto` ones timed on this CPU."""
+    kv_dtypes = KV_DTYPES if kv_setting == "auto" else (DTYPES[kv_setting],)
+    # The kernel reads fp32 queries; a bf16 model keeps SDPA. "native" still falls back where it cannot build.
+    buildable = dtype == torch.float32 and kernel_setting != "sdpa" and load_decode_kernel() is not None
+    natives = {"auto": (False, True), "native": (True,), "sdpa": (False,)}[kernel_setting] if buildable else (False,)
+    return choose_attention_by_timing(args, kv_dtypes, natives)
 
 
 def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
-    kv_dtype = choose_kv_dtype(settings.kv_cache_dtype, args)
+    attention = choose_attention(settings.kv_cache_dtype, settings.attention_kernel, args, dtype)
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
-        tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, kv_dtype)
+        tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, attention.kv_dtype)
     return EngineConfig(
         block_size=settings.block_size,
         kv_cache_tokens=tokens,
-        kv_dtype=kv_dtype,
+        kv_dtype=attention.kv_dtype,
+        prefix_caching=settings.prefix_caching,
+        native_attention=attention.native,
         scheduler=SchedulerConfig(max_num_seqs=settings.max_num_seqs, max_batched_tokens=settings.max_batched_tokens),
     )
 

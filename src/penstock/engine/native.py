@@ -1,0 +1,130 @@
+"""Native CPU kernels: C sources shipped in the package, compiled for this CPU on first use.
+
+Compiling takes about a second and the result is kept under the user's cache directory, keyed by
+the source, the flags and the CPU's feature flags. Where no C compiler is found or compiling fails,
+`load_decode_kernel` returns None and the engine keeps its PyTorch path, which is also the path on
+CUDA. kernel_choice times the kernel against that path before the engine uses it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+from torch import Tensor
+
+log = structlog.get_logger("penstock.engine")
+SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+# -march=native: the library is built on, and cached for, the CPU that runs it. No -ffast-math: in a
+# shared library it would switch the whole process's floats to flush-to-zero.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+FUNCTIONS = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
+_ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRows:
+    """The step's single-query rows as the kernel reads them; int32 tensors, built once per step."""
+
+    rows: Tensor  # (n,) each row's token index in the step's flat batch
+    block_tables: Tensor  # the rows' block tables, concatenated
+    table_starts: Tensor  # (n,) where each row's table starts in block_tables
+    context_lens: Tensor  # (n,) keys each row sees, its own included
+
+    @classmethod
+    def build(cls, rows: list[int], tables: list[list[int]], context_lens: list[int]) -> DecodeRows:
+        starts = [0]
+        for table in tables[:-1]:
+            starts.append(starts[-1] + len(table))
+        flat = [block for table in tables for block in table]
+        return cls(*(torch.tensor(x, dtype=torch.int32) for x in (rows, flat, starts, context_lens)))
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+
+class DecodeKernel:
+    """Attention of one query per sequence over its paged keys and values (csrc/paged_attention.c)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._functions = {dtype: getattr(library, name) for dtype, name in FUNCTIONS.items()}
+        for function in self._functions.values():
+            function.argtypes = _ARGTYPES
+            function.restype = ctypes.c_int
+
+    def supports(self, q: Tensor, cache: Tensor) -> bool:
+        return q.device.type == "cpu" and q.dtype == torch.float32 and cache.dtype in self._functions
+
+    def __call__(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, decode: DecodeRows, out: Tensor) -> None:
+        """q and out (tokens, n_heads, head_dim) fp32 contiguous; the caches one layer's blocks, contiguous."""
+        _, block_size, n_kv, head_dim = k_cache.shape
+        failed = self._functions[k_cache.dtype](
+            q.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            decode.rows.data_ptr(),
+            decode.block_tables.data_ptr(),
+            decode.table_starts.data_ptr(),
+            decode.context_lens.data_ptr(),
+            len(decode),
+            q.shape[1],
+            n_kv,
+            head_dim,
+            block_size,
+            head_dim**-0.5,
+            out.data_ptr(),
+        )
+        if failed:
+            raise MemoryError("the decode attention kernel could not allocate its scratch memory")
+
+
+@functools.cache
+def load_decode_kernel() -> DecodeKernel | None:
+    """The compiled kernel, or None where it cannot be built here (logged once)."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.info("native_kernel_unavailable", reason="no C compiler (cc) on PATH")
+        return None
+    try:
+        return DecodeKernel(ctypes.CDLL(str(_compiled(compiler))))
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("native_kernel_unavailable", reason=str(exc)[:500])
+        return None
+
+
+def _compiled(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags()]))
+    target = _cache_dir() / f"paged_attention-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True, timeout=120
+        )
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(f"{compiler} failed: {result.stderr}")
+        partial.replace(target)  # atomic: two engines compiling at once both end with a whole library
+        log.info("native_kernel_compiled", path=str(target))
+    return target
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "penstock" / "kernels"
+
+
+def _cpu_flags() -> bytes:
+    try:
+        lines = Path("/proc/cpuinfo").read_bytes().splitlines()
+    except OSError:
+        return b""
+    return next((line for line in lines if line.startswith(b"flags")), b"")

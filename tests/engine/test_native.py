@@ -1,0 +1,84 @@
+"""The native decode kernel computes what the PyTorch path computes, reading the paged cache in place."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from penstock.engine import native
+from penstock.engine.model import ModelArgs
+from penstock.engine.native import DecodeKernel, load_decode_kernel
+from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
+
+ARGS = ModelArgs(
+    dim=576,
+    n_layers=2,
+    n_heads=9,
+    n_kv_heads=3,
+    hidden_dim=1536,
+    vocab_size=100,
+    norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_seq_len=2048,
+    tie_embeddings=True,
+    head_dim=64,
+)
+BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def kernel() -> DecodeKernel:
+    built = load_decode_kernel()
+    assert built is not None, "this machine has a C compiler: the kernel must build"
+    return built
+
+
+def random_step(rng: random.Random, num_blocks: int) -> list[SeqSlice]:
+    """Decodes and prefill chunks of random lengths, on blocks scattered over the cache."""
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    slices = []
+    for i in range(12):
+        context = rng.randint(1, 300)
+        length = 1 if i % 3 else min(context, rng.randint(2, 40))
+        table = [free.pop() for _ in range(-(-context // BLOCK))]
+        slices.append(SeqSlice(table, context - length, length))
+    return slices
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_the_kernel_matches_sdpa_on_a_mixed_step(kernel: DecodeKernel, dtype: torch.dtype, tolerance: float) -> None:
+    torch.manual_seed(0)
+    cache = PagedKVCache(ARGS, 512, BLOCK, dtype=dtype, device="cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    slices = random_step(random.Random(1), 512)
+    tokens = sum(s.length for s in slices)
+    q = torch.randn(1, ARGS.n_heads, tokens, ARGS.head_dim)
+    k, v = (torch.randn(1, ARGS.n_kv_heads, tokens, ARGS.head_dim) for _ in range(2))
+    for layer in range(ARGS.n_layers):
+        expected = PagedAttention.build(cache, slices, "cpu").attend(layer, q, k, v)
+        native_step = PagedAttention.build(cache, slices, "cpu", kernel)
+        assert native_step.decode is not None and len(native_step.decode) == sum(s.length == 1 for s in slices)
+        torch.testing.assert_close(native_step.attend(layer, q, k, v), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_a_single_key_context_is_that_keys_value(kernel: DecodeKernel) -> None:
+    cache = PagedKVCache(ARGS, 4, BLOCK, dtype=torch.float32, device="cpu")
+    q = torch.randn(1, ARGS.n_heads, 1, ARGS.head_dim)
+    k, v = (torch.randn(1, ARGS.n_kv_heads, 1, ARGS.head_dim) for _ in range(2))
+    out = PagedAttention.build(cache, [SeqSlice([2], 0, 1)], "cpu", kernel).attend(0, q, k, v)
+    group = ARGS.n_heads // ARGS.n_kv_heads
+    torch.testing.assert_close(out, v.repeat_interleave(group, dim=1))
+
+
+def test_without_a_compiler_there_is_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", "no-such-compiler-penstock")
+    load_decode_kernel.cache_clear()
+    try:
+        assert native.load_decode_kernel() is None
+    finally:
+        monkeypatch.undo()
+        load_decode_kernel.cache_clear()
