@@ -43,7 +43,7 @@ def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
     assert (
         figures["command"]
         == "penstock bench engine --json --quick --requests 4 --seed 7 --kv-fraction 0.25 --dtype float32"
-        " --weights auto --kv-dtype auto"
+        " --weights auto --kv-dtype auto --attention auto"
     )
 
 
