@@ -85,7 +85,9 @@ class LLMEngine:
         self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=kv_dtype, device=loaded.device)
         self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching=config.prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
-        self.runner = ModelRunner(loaded, self.cache, load_decode_kernel() if config.native_attention else None)
+        # The kernel reads fp32 queries from CPU memory; any other model keeps SDPA.
+        native = config.native_attention and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
+        self.runner = ModelRunner(loaded, self.cache, load_decode_kernel() if native else None)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
         per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)

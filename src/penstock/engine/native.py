@@ -61,9 +61,6 @@ class DecodeKernel:
             function.argtypes = _ARGTYPES
             function.restype = ctypes.c_int
 
-    def supports(self, q: Tensor, cache: Tensor) -> bool:
-        return q.device.type == "cpu" and q.dtype == torch.float32 and cache.dtype in self._functions
-
     def __call__(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, decode: DecodeRows, out: Tensor) -> None:
         """q and out (tokens, n_heads, head_dim) fp32 contiguous; the caches one layer's blocks, contiguous."""
         _, block_size, n_kv, head_dim = k_cache.shape
