@@ -115,7 +115,7 @@ class PagedAttention:
         _, n_heads, tokens, head_dim = q.shape
         out = torch.empty(tokens, n_heads, head_dim, dtype=q.dtype)
         kernel(q[0].transpose(0, 1).contiguous(), k_cache, v_cache, decode, out)
-        narrow_q = q.to(k_cache.dtype)
+        narrow_q = q.to(k_cache.dtype) if self.views else q  # a decode-only step has no chunk to convert for
         for view in self.views:
             out[view.queries] = self._one(view, narrow_q, k_cache, v_cache)[0].transpose(0, 1).to(out.dtype)
         return out.transpose(0, 1)[None]
