@@ -77,6 +77,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # vLLM's: the model's end-of-sequence tokens do not stop it, max_tokens does
     logprobs: bool = False
     top_logprobs: int = 0
     n: int = 1

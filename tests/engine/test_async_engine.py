@@ -46,6 +46,13 @@ async def test_eos_finishes_with_stop_and_no_special_text(engine: AsyncEngine, l
     assert "Paris" in joined(events) and "<|im_end|>" not in joined(events)
 
 
+async def test_ignore_eos_generates_through_eos_to_max_tokens(engine: AsyncEngine, loaded: LoadedModel) -> None:
+    prompt = chat_prompt(loaded, "What is the capital of France?")
+    events = await collect(engine, prompt, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
+    assert len(events) == 60 and events[-1].finish_reason == "length"
+    assert any(e.token_ids[0] in loaded.tokenizer.eos_token_ids for e in events[:-1])  # it passed an eos
+
+
 async def test_seeded_sampling_is_reproducible(engine: AsyncEngine, loaded: LoadedModel) -> None:
     prompt = chat_prompt(loaded, "Name a few colours.")
     params = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.95, top_k=50, seed=1234)

@@ -16,7 +16,8 @@ class EventBuilder:
         self._tokenizer = tokenizer
         self._decoder = tokenizer.stream_decoder()
         self._stops = StopStrings(params.stop)
-        self._stop_ids = frozenset(params.stop_token_ids) | frozenset(tokenizer.eos_token_ids)
+        eos = () if params.ignore_eos else tokenizer.eos_token_ids
+        self._stop_ids = frozenset(params.stop_token_ids) | frozenset(eos)
 
     def event(self, token: int, *, last: bool, logprob: Logprob | None = None) -> TokenEvent:
         """The event for one sampled token; `last` when the token budget is spent."""

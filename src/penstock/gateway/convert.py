@@ -83,6 +83,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, *, logprobs: b
         seed=body.seed,
         stop=body.stop_strings(),
         stop_token_ids=tuple(body.stop_token_ids),
+        ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         top_logprobs=top,
         n=body.n,

@@ -49,7 +49,7 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """What chat and text completions share. Fields OpenAI defines that this server does not act on
     are accepted and ignored, as vLLM does, so SDK defaults never fail. min_p, top_k,
-    repetition_penalty and stop_token_ids are vLLM's extras."""
+    repetition_penalty, stop_token_ids and ignore_eos are vLLM's extras."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -68,6 +68,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
     stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
     # vLLM's structured-output extras: the output must match a JSON schema, a regex or one of the choices.
     guided_json: dict[str, Any] | None = None
     guided_regex: str | None = None
