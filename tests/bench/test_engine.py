@@ -35,7 +35,11 @@ def test_the_counts_agree(result: EngineBenchResult) -> None:
     assert result.engine_output_tokens <= result.requested_tokens
     assert (result.engine_output_tokens == result.requested_tokens) == (result.engine_early_stops == 0)
     assert result.throughput_ratio == pytest.approx(result.engine_tok_s / result.hf_tok_s)
-    assert result.hf_tok_s == max(result.hf_tok_s_by_batch.values())
+    # The peer's best run, over its batch sizes and both dtypes, is what the ratio is against.
+    assert set(result.hf_tok_s_by_dtype_batch) == set(result.hf_single_tok_s_by_dtype) == {"float32", "bfloat16"}
+    by_run = {(d, b): t for d, runs in result.hf_tok_s_by_dtype_batch.items() for b, t in runs.items()}
+    assert result.hf_tok_s == max(by_run.values()) == by_run[result.hf_dtype, str(result.hf_best_batch)]
+    assert result.hf_single_tok_s == max(result.hf_single_tok_s_by_dtype.values())
 
 
 def test_the_command_reproduces_the_run(result: EngineBenchResult) -> None:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from penstock.engine.gguf_loader import has_4bit_layers
@@ -41,6 +42,23 @@ def test_many_rows_use_the_exact_fp32_weights() -> None:
     linear = four_bit_linear()
     x = torch.randn(FEW_ROWS, 128, generator=torch.Generator().manual_seed(2))
     assert torch.equal(HybridInt4Linear(linear)(x), linear(x))
+
+
+def test_the_crossover_and_a_bf16_dense_copy_route_each_call() -> None:
+    linear = four_bit_linear()
+    hybrid = HybridInt4Linear(linear)
+    hybrid.few_rows = 4
+    hybrid.use_dense(torch.bfloat16)
+    gen = torch.Generator().manual_seed(4)
+    few, many = torch.randn(3, 128, generator=gen), torch.randn(4, 128, generator=gen)
+    assert torch.equal(hybrid(few), hybrid.few_row_forward(few).float())  # under the crossover: int4
+    dense = hybrid(many)
+    assert dense.dtype == torch.float32 and torch.equal(
+        dense, F.linear(many.bfloat16(), linear.weight.bfloat16()).float()
+    )
+    assert torch.allclose(dense, linear(many), rtol=0.02, atol=0.02)
+    hybrid.use_dense(torch.float32)  # back to the exact fp32 weight, no copy kept
+    assert hybrid.dense is None and torch.equal(hybrid(many), linear(many))
 
 
 def test_int8_head_ranks_like_fp32_on_few_rows_and_is_exact_on_many() -> None:

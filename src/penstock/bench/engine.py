@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_w
 from penstock.engine.kernel_choice import AttentionChoice
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.locator import locate_chat_model
-from penstock.engine.quant import HybridInt4Linear
+from penstock.engine.quant import HybridLinear
 from penstock.engine.served import DTYPES, choose_attention, quantization
 
 
@@ -34,6 +35,9 @@ class BenchOptions:
     weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
     kv_dtype: str = "auto"  # the engine's KV cache, as a deployment sets it (auto: the faster, measured)
     attention: str = "auto"  # the engine's decode attention, as a deployment sets it (auto: measured)
+    # The peer runs in each of these and its best counts, as its best batch size does: on a CPU with
+    # native bf16, transformers in bf16 is 2-3x faster than in fp32, and the engine's own matmuls may be bf16.
+    hf_dtypes: tuple[str, ...] = ("float32", "bfloat16")
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -48,17 +52,20 @@ class BenchOptions:
         args += ["--kv-fraction", str(self.kv_fraction), "--dtype", self.dtype]
         args += ["--threads", str(self.threads)] if self.threads is not None else []
         args += ["--weights", self.weights, "--kv-dtype", self.kv_dtype, "--attention", self.attention]
+        args += [arg for dtype in self.hf_dtypes for arg in ("--hf-dtype", dtype)]
         return shlex.join(args)
 
 
 @dataclass(frozen=True, slots=True)
 class EngineBenchResult:
     engine_tok_s: float
-    hf_tok_s: float
+    hf_tok_s: float  # the peer's best: over its batch sizes and dtypes
     hf_best_batch: int
+    hf_dtype: str  # the dtype of the peer's best throughput run
     throughput_ratio: float
     engine_single_tok_s: float
-    hf_single_tok_s: float
+    hf_single_tok_s: float  # the peer's best over its dtypes
+    hf_single_dtype: str
     single_stream_ratio: float
     prefix_cold_ttft_s: float
     prefix_warm_ttft_s: float
@@ -72,13 +79,15 @@ class EngineBenchResult:
     hf_output_tokens: int
     engine_wall_s: float
     hf_wall_s: float
-    hf_tok_s_by_batch: dict[str, float]
+    hf_tok_s_by_dtype_batch: dict[str, dict[str, float]]
+    hf_single_tok_s_by_dtype: dict[str, float]
     load_avg_1m: dict[str, float]  # the machine's load when each throughput run ended: others' work skews both
     kv_cache_tokens: int
     kv_fraction: float
     dtype: str
     weights: str
     quantized: bool  # what `weights` came to: the hybrid quantized kernels in use
+    dense_weights: str  # the dtype the engine's many-row matmuls ran in (bf16 where that timed faster)
     kv_dtype: str  # what the KV cache dtype setting came to
     decode_attention: str  # what the attention setting came to: native or sdpa
     torch_threads: int
@@ -97,15 +106,14 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     path = locate_chat_model(None)
-    progress.phase("loading models", 2)
+    progress.phase("loading the model", 1)
     loaded = load_chat_model(path, dtype=DTYPES[options.dtype], quantize=quantization(options.weights, path))
-    progress.advance()
-    hf_model = hf_baseline.load_hf_model(path, DTYPES[options.dtype])
     progress.advance()
     workload = build_workload(options.spec, loaded.tokenizer, options.seed)
     ours = _engine_side(loaded, workload, options, progress)
-    peer = _hf_side(hf_model, workload, options.spec.hf_batches, loaded.tokenizer.eos_token_ids[0], progress)
-    return _result(options, loaded, workload, ours, peer)
+    eos = loaded.tokenizer.eos_token_ids[0]
+    peers = [_hf_side(path, dtype, workload, options.spec.hf_batches, eos, progress) for dtype in options.hf_dtypes]
+    return _result(options, loaded, workload, ours, peers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +129,7 @@ class _EngineFigures:
 
 @dataclass(frozen=True, slots=True)
 class _HFFigures:
+    dtype: str
     runs: list[hf_baseline.HFRun]
     load_1m: float
     single_tok_s: float
@@ -141,28 +150,38 @@ def _engine_side(loaded: LoadedModel, workload: Workload, options: BenchOptions,
     return _EngineFigures(throughput, kv_tokens, attention, load_1m, single, cold, warm)
 
 
-def _hf_side(model: Any, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress) -> _HFFigures:
+def _hf_side(
+    path: Path, dtype: str, workload: Workload, batches: tuple[int, ...], eos: int, progress: Progress
+) -> _HFFigures:
+    progress.phase(f"loading transformers, {dtype}", 1)
+    model = hf_baseline.load_hf_model(path, DTYPES[dtype])
+    progress.advance()
     hf_baseline.generate(model, [workload.warmup], 2, eos)
     runs = hf_baseline.best_run(model, workload.throughput, batches, eos, progress)
     load_1m = os.getloadavg()[0]
-    progress.phase("transformers, single stream", 1)
+    progress.phase(f"transformers, {dtype}, single stream", 1)
     single = hf_baseline.single_stream_tok_s(model, workload.single, eos)
     progress.advance()
-    return _HFFigures(runs, load_1m, single)
+    return _HFFigures(dtype, runs, load_1m, single)
 
 
 def _result(
-    options: BenchOptions, loaded: LoadedModel, workload: Workload, ours: _EngineFigures, peer: _HFFigures
+    options: BenchOptions, loaded: LoadedModel, workload: Workload, ours: _EngineFigures, peers: list[_HFFigures]
 ) -> EngineBenchResult:
+    peer = max(peers, key=lambda p: p.runs[0].tok_s)
+    hybrids = [m for m in loaded.model.modules() if isinstance(m, HybridLinear)]
     best = peer.runs[0]
+    single = max(peers, key=lambda p: p.single_tok_s)
     return EngineBenchResult(
         engine_tok_s=ours.run.tok_s,
         hf_tok_s=best.tok_s,
         hf_best_batch=best.batch,
+        hf_dtype=peer.dtype,
         throughput_ratio=ours.run.tok_s / best.tok_s,
         engine_single_tok_s=ours.single_tok_s,
-        hf_single_tok_s=peer.single_tok_s,
-        single_stream_ratio=ours.single_tok_s / peer.single_tok_s,
+        hf_single_tok_s=single.single_tok_s,
+        hf_single_dtype=single.dtype,
+        single_stream_ratio=ours.single_tok_s / single.single_tok_s,
         prefix_cold_ttft_s=ours.cold_ttft_s,
         prefix_warm_ttft_s=ours.warm_ttft_s,
         prefix_ttft_speedup=ours.cold_ttft_s / ours.warm_ttft_s,
@@ -175,13 +194,17 @@ def _result(
         hf_output_tokens=best.output_tokens,
         engine_wall_s=ours.run.wall_s,
         hf_wall_s=best.wall_s,
-        hf_tok_s_by_batch={str(r.batch): r.tok_s for r in sorted(peer.runs, key=lambda r: r.batch)},
-        load_avg_1m={"engine": ours.load_1m, "hf": peer.load_1m},
+        hf_tok_s_by_dtype_batch={
+            p.dtype: {str(r.batch): r.tok_s for r in sorted(p.runs, key=lambda r: r.batch)} for p in peers
+        },
+        hf_single_tok_s_by_dtype={p.dtype: p.single_tok_s for p in peers},
+        load_avg_1m={"engine": ours.load_1m, **{f"hf_{p.dtype}": p.load_1m for p in peers}},
         kv_cache_tokens=ours.kv_tokens,
         kv_fraction=options.kv_fraction,
         dtype=options.dtype,
         weights=options.weights,
-        quantized=any(isinstance(m, HybridInt4Linear) for m in loaded.model.modules()),
+        quantized=bool(hybrids),
+        dense_weights=str(hybrids[0].dense_dtype if hybrids else loaded.dtype).removeprefix("torch."),
         kv_dtype=str(ours.attention.kv_dtype).removeprefix("torch."),
         decode_attention="native" if ours.attention.native else "sdpa",
         torch_threads=torch.get_num_threads(),

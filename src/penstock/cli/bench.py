@@ -56,7 +56,10 @@ def engine(
     ),
     seed: int = typer.Option(0, help="Seed of the workload."),
     kv_fraction: float = typer.Option(1.0, min=0.0, help="KV cache as a fraction of what the workload needs."),
-    dtype: Dtype = typer.Option(Dtype.float32, help="Weights and activations, both sides."),
+    dtype: Dtype = typer.Option(Dtype.float32, help="The engine model's weights and activations."),
+    hf_dtype: list[Dtype] = typer.Option(
+        [Dtype.float32, Dtype.bfloat16], help="The peer's dtypes (repeat the option); its fastest counts."
+    ),
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
     kv_dtype: KVDtype = typer.Option(KVDtype.auto, help="Engine KV cache dtype; auto: the faster, timed at load."),
     attention: AttentionKernel = typer.Option(
@@ -64,8 +67,8 @@ def engine(
     ),
     weights: Weights = typer.Option(
         Weights.auto,
-        help="Engine weights as a deployment sets them; auto: int4 for a 4-bit GGUF where it times faster "
-        "(the peer: fp32).",
+        help="Engine weights as a deployment sets them; auto: for a 4-bit GGUF, int4 for few rows and a bf16 "
+        "copy for many, each where it times faster.",
     ),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
@@ -73,7 +76,16 @@ def engine(
     from penstock.bench.engine import BenchOptions, run_engine_bench  # torch: only for the command that needs it
 
     options = BenchOptions(
-        quick, requests, seed, kv_fraction, dtype.value, threads, weights.value, kv_dtype.value, attention.value
+        quick,
+        requests,
+        seed,
+        kv_fraction,
+        dtype.value,
+        threads,
+        weights.value,
+        kv_dtype.value,
+        attention.value,
+        tuple(dict.fromkeys(d.value for d in hf_dtype)),
     )
     with BarProgress(err_console) as progress:
         result = run_engine_bench(options, progress)
@@ -121,13 +133,13 @@ def _table(r: EngineBenchResult) -> Table:
     table.add_row(
         f"throughput, {r.requests} requests at once (tok/s)",
         f"{r.engine_tok_s:.1f}",
-        f"{r.hf_tok_s:.1f} (batch {r.hf_best_batch})",
+        f"{r.hf_tok_s:.1f} ({r.hf_dtype}, batch {r.hf_best_batch})",
         f"{r.throughput_ratio:.2f}x",
     )
     table.add_row(
         "single-stream decode (tok/s)",
         f"{r.engine_single_tok_s:.1f}",
-        f"{r.hf_single_tok_s:.1f}",
+        f"{r.hf_single_tok_s:.1f} ({r.hf_single_dtype})",
         f"{r.single_stream_ratio:.2f}x",
     )
     table.add_row(

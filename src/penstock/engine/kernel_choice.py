@@ -3,8 +3,9 @@
 Which kernel wins depends on the CPU more than on the model. On one 2-core machine int4 decode ran
 twice as fast as fp32 and a bf16 KV cache halved attention's cost; on an AVX2-only EPYC the bf16
 SDPA kernel ran 3-5x slower than fp32 and int4 gained far less, while the native decode kernel ran
-2.4x faster than SDPA there. So `auto` settings measure here instead of assuming, and log what they
-measured.
+2.4x faster than SDPA there; on a Zen 5 EPYC with AVX-512 BF16 a bf16 GEMM ran 3-4x faster than
+fp32 from 16 rows up and int4 won only below about 8 rows. So `auto` settings measure here instead
+of assuming, and log what they measured.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from dataclasses import dataclass, replace
 
 import structlog
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from penstock.engine.model import ModelArgs
 from penstock.engine.native import FUNCTIONS, DecodeKernel, load_decode_kernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
-from penstock.engine.quant import Swap, apply_swaps, hybrid_swaps
+from penstock.engine.quant import HybridLinear, Swap, apply_swaps, hybrid_swaps
 
 log = structlog.get_logger("penstock.engine")
 KV_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_CONTEXT = 512  # keys per sequence in the attention probe: a mid-length chat
 PROBE_SEQS = 16  # decodes in the probe's step: a busy server's batch
 PROBE_BLOCK = 16
+DENSE_DTYPES = (torch.float32, torch.bfloat16)
+DENSE_PROBE_ROWS = 64  # rows of the dense-dtype probe: a busy server's decode step
+ROW_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # where the few-row crossover is looked for
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -42,18 +45,80 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def quantize_if_faster(model: nn.Module) -> bool:
-    """Swap in the hybrid quantized layers where one decode row through all of them beats fp32."""
+@dataclass(frozen=True, slots=True)
+class WeightChoice:
+    dense_dtype: torch.dtype  # what many-row calls multiply in
+    few_rows: dict[str, int]  # per layer shape ("outxin"): below this many rows, the quantized kernel
+    swapped: bool  # whether the hybrid layers went in at all
+
+
+def choose_weight_kernels(model: nn.Module) -> WeightChoice:
+    """Swap in the hybrid quantized layers, with their dense dtype and few-row crossover timed here.
+
+    The dense dtype is timed at DENSE_PROBE_ROWS rows (a batch's decode step); then for each layer
+    shape the crossover is the fewest rows at which the dense path is no slower than the quantized
+    kernel. Where neither the quantized kernel nor a bf16 copy beats plain fp32, nothing is swapped.
+    """
     swaps = hybrid_swaps(model)
-    rows = {layer.weight.shape[1]: torch.randn(1, layer.weight.shape[1]) for _, _, layer in swaps}
-    with torch.inference_mode():
-        fp32_s = median_seconds(lambda: [F.linear(rows[m.weight.shape[1]], m.weight) for m in _layers(swaps)])
-        quantized_s = median_seconds(lambda: [m(rows[m.weight.shape[1]]) for m in _layers(swaps)])
-    wins = quantized_s < fp32_s
-    log.info("kernel_choice", kind="decode_weights", fp32_ms=fp32_s * 1e3, quantized_ms=quantized_s * 1e3, wins=wins)
-    if wins:
+    shapes = _by_shape(_layers(swaps))
+    dense = min(DENSE_DTYPES, key=lambda dtype: _dense_seconds(shapes, dtype, DENSE_PROBE_ROWS))
+    few_rows = {name: _crossover(group[0], dense) for name, group in shapes.items()}
+    swapped = dense != torch.float32 or any(rows > 1 for rows in few_rows.values())
+    if swapped:
+        for name, group in shapes.items():
+            for layer in group:
+                layer.use_dense(dense)
+                layer.few_rows = few_rows[name]
         apply_swaps(swaps)
-    return wins
+    log.info("kernel_choice", kind="weights", dense=_dtype_name(dense), few_rows=few_rows, swapped=swapped)
+    return WeightChoice(dense, few_rows, swapped)
+
+
+def _by_shape(layers: list[HybridLinear]) -> dict[str, list[HybridLinear]]:
+    shapes: dict[str, list[HybridLinear]] = {}
+    for layer in layers:
+        shapes.setdefault("x".join(map(str, layer.weight.shape)), []).append(layer)
+    return shapes
+
+
+def _dense_seconds(shapes: dict[str, list[HybridLinear]], dtype: torch.dtype, rows: int) -> float:
+    """One call of each shape, weighted by how many layers have it (they all cost the same)."""
+    total = 0.0
+    for group in shapes.values():
+        layer = group[0]
+        layer.use_dense(dtype)
+        x = torch.randn(rows, layer.weight.shape[1], dtype=layer.weight.dtype)
+        with torch.inference_mode():
+            total += len(group) * median_seconds(lambda: layer.dense_forward(x))  # noqa: B023 (called at once)
+    return total
+
+
+def _crossover(layer: HybridLinear, dense: torch.dtype) -> int:
+    """The fewest rows at which the dense path is no slower than the quantized kernel (1: never quantized)."""
+    layer.use_dense(dense)
+    for rows in ROW_CANDIDATES:
+        x = torch.randn(rows, layer.weight.shape[1], dtype=layer.weight.dtype)
+        with torch.inference_mode():
+            dense_s, quantized_s = interleaved_seconds(lambda: layer.dense_forward(x), lambda: layer.few_row_forward(x))  # noqa: B023
+        if dense_s <= quantized_s:
+            return rows
+    return ROW_CANDIDATES[-1] * 2
+
+
+def interleaved_seconds(a: Callable[[], object], b: Callable[[], object], repeats: int = 9) -> tuple[float, float]:
+    """Median seconds of two calls timed turn about, so a burst of other work on the machine hits both alike."""
+    a(), b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +146,7 @@ def choose_attention(args: ModelArgs, kv_dtypes: Seq[torch.dtype], natives: Seq[
 
 
 def _label(choice: AttentionChoice) -> str:
-    return f"{'native' if choice.native else 'sdpa'}_{str(choice.kv_dtype).removeprefix('torch.')}_ms"
+    return f"{'native' if choice.native else 'sdpa'}_{_dtype_name(choice.kv_dtype)}_ms"
 
 
 def _decode_seconds(args: ModelArgs, dtype: torch.dtype, kernel: DecodeKernel | None) -> float:
@@ -98,5 +163,5 @@ def _decode_seconds(args: ModelArgs, dtype: torch.dtype, kernel: DecodeKernel | 
         return median_seconds(lambda: [step.attend(0, q, k, v) for _ in range(args.n_layers)])
 
 
-def _layers(swaps: list[Swap]) -> list[nn.Module]:
+def _layers(swaps: list[Swap]) -> list[HybridLinear]:
     return [replacement for _, _, replacement in swaps]

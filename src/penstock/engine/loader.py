@@ -11,14 +11,15 @@ import torch
 from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.checkpoint import Checkpoint
 from penstock.engine.gguf_loader import read_gguf
-from penstock.engine.kernel_choice import quantize_if_faster
+from penstock.engine.kernel_choice import choose_weight_kernels
 from penstock.engine.model import ModelArgs, Transformer, fuse_projections
 from penstock.engine.quant import quantize_layers
 from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
 
-Quantize = Literal["off", "on", "measure"]  # measure: quantize where it times faster on this CPU
+# measure: quantized few-row kernels and a bf16 dense copy, each where it times faster on this CPU
+Quantize = Literal["off", "on", "measure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ def load_chat_model(
         if quantize == "on":
             quantize_layers(model)
         elif quantize == "measure":
-            quantize_if_faster(model)
+            choose_weight_kernels(model)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
 
 

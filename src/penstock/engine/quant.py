@@ -1,8 +1,8 @@
 """Weight-only quantized linear layers for the CPU, used where they are measured to win.
 
 A forward with few rows (single-stream decode) is bound by reading the weights, so the int4
-kernel (groups of 32, bf16 activations; an eighth of fp32's bytes) wins there, while fp32 MKL wins
-from about 16 rows up (batched decode, prefill). The hybrid layers keep both and pick per call.
+kernel (groups of 32, bf16 activations; an eighth of fp32's bytes) wins there, while a dense GEMM
+wins from about 8-16 rows up (batched decode, prefill). The hybrid layers keep both and pick per call.
 For a GGUF whose weights are Q4_0/Q4_1 (groups of 32) the int4 copy holds the same 4-bit grid, so
 little is lost beyond bf16 rounding. The output head, which picks the token, gets per-channel
 int8 instead: a quarter of fp32's bytes, with ranking errors far rarer than 4 bits would make.
@@ -16,44 +16,71 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GROUP = 32
-FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU
+FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU; kernel_choice measures it per layer
 
 
-class HybridInt4Linear(nn.Module):
+class HybridLinear(nn.Module):
+    """A few rows through a weight-only quantized kernel, more through a dense matmul.
+
+    By default the dense path is the exact fp32 weight from FEW_ROWS up. kernel_choice may move the
+    crossover (`few_rows`) and give the dense path a bf16 copy (`use_dense`) where its timings say so:
+    on a CPU with native bf16 a bf16 GEMM runs 3-4x faster than fp32 at 16-512 rows.
+    """
+
+    dense: Tensor | None  # the dense path's own copy of the weight; None: the fp32 weight itself
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.weight = linear.weight  # fp32, for calls with many rows
+        self.weight = linear.weight  # fp32 (shared when tied)
+        self.register_buffer("dense", None, persistent=False)
+        self.few_rows = FEW_ROWS
+
+    def use_dense(self, dtype: torch.dtype) -> None:
+        self.dense = None if dtype == self.weight.dtype else self.weight.detach().to(dtype)
+
+    @property
+    def dense_dtype(self) -> torch.dtype:
+        return self.weight.dtype if self.dense is None else self.dense.dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        if 0 < rows < self.few_rows:  # no rows (a prefill chunk that samples nothing) go dense too
+            return self.few_row_forward(x.reshape(rows, x.shape[-1])).view(*x.shape[:-1], -1).to(x.dtype)
+        return self.dense_forward(x)
+
+    def dense_forward(self, x: Tensor) -> Tensor:
+        if self.dense is None:
+            return F.linear(x, self.weight)
+        return F.linear(x.to(self.dense.dtype), self.dense).to(x.dtype)
+
+    def few_row_forward(self, x: Tensor) -> Tensor:
+        """(rows, in_features) in; the quantized kernel's output, in whatever dtype it gives."""
+        raise NotImplementedError
+
+
+class HybridInt4Linear(HybridLinear):
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
         packed, scales_zeros = pack_int4(linear.weight.detach())
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("scales_zeros", scales_zeros, persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        if not 0 < rows < FEW_ROWS:  # no rows (a prefill chunk that samples nothing) is fp32's too
-            return F.linear(x, self.weight)
-        flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
-        return y.view(*x.shape[:-1], -1).to(x.dtype)
+    def few_row_forward(self, x: Tensor) -> Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP, self.scales_zeros)
 
 
-class HybridInt8Linear(nn.Module):
+class HybridInt8Linear(HybridLinear):
     """Per-output-channel int8 weights for few-row calls; the fp32 weight (shared when tied) for the rest."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.weight = linear.weight
+        super().__init__(linear)
         weight = linear.weight.detach().float()
         scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
         self.register_buffer("int8", torch.round(weight / scales[:, None]).to(torch.int8), persistent=False)
         self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        if not 0 < rows < FEW_ROWS:  # no rows (a prefill chunk that samples nothing) is fp32's too
-            return F.linear(x, self.weight)
-        flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.int8, self.scales)
-        return y.view(*x.shape[:-1], -1).to(x.dtype)
+    def few_row_forward(self, x: Tensor) -> Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.int8, self.scales)
 
 
 def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,7 +96,7 @@ def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
     return packed, scales_zeros
 
 
-Swap = tuple[nn.Module, str, nn.Module]  # (parent, attribute, replacement)
+Swap = tuple[nn.Module, str, HybridLinear]  # (parent, attribute, replacement)
 
 
 def hybrid_swaps(model: nn.Module) -> list[Swap]:
