@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,16 +50,20 @@ def random_step(rng: random.Random, num_blocks: int) -> list[SeqSlice]:
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_the_kernel_matches_sdpa_on_a_mixed_step(kernel: DecodeKernel, dtype: torch.dtype, tolerance: float) -> None:
+@pytest.mark.parametrize("head_dim", [64, 40])  # 40: not a multiple of the vector paths' widths
+def test_the_kernel_matches_sdpa_on_a_mixed_step(
+    kernel: DecodeKernel, dtype: torch.dtype, tolerance: float, head_dim: int
+) -> None:
     torch.manual_seed(0)
-    cache = PagedKVCache(ARGS, 512, BLOCK, dtype=dtype, device="cpu")
+    args = replace(ARGS, head_dim=head_dim)
+    cache = PagedKVCache(args, 512, BLOCK, dtype=dtype, device="cpu")
     cache.k.normal_()
     cache.v.normal_()
     slices = random_step(random.Random(1), 512)
     tokens = sum(s.length for s in slices)
-    q = torch.randn(1, ARGS.n_heads, tokens, ARGS.head_dim)
-    k, v = (torch.randn(1, ARGS.n_kv_heads, tokens, ARGS.head_dim) for _ in range(2))
-    for layer in range(ARGS.n_layers):
+    q = torch.randn(1, args.n_heads, tokens, head_dim)
+    k, v = (torch.randn(1, args.n_kv_heads, tokens, head_dim) for _ in range(2))
+    for layer in range(args.n_layers):
         expected = PagedAttention.build(cache, slices, "cpu").attend(layer, q, k, v)
         native_step = PagedAttention.build(cache, slices, "cpu", kernel)
         assert native_step.decode is not None and len(native_step.decode) == sum(s.length == 1 for s in slices)

@@ -23,11 +23,13 @@ static inline float load_bf16(const uint16_t *p, int i) {
     return f;
 }
 
-/* q·k over head_dim. With AVX2 the sum stays in a vector register until one final reduction; the
- * compiler's own vectorization spills it to the stack for every key, which costs more than the
- * multiplications. head_dim is a multiple of 8 in every Llama-family model; others take the loop. */
-#ifdef __AVX2__
+/* q·k over head_dim. The sum stays in a vector register until one final reduction; the compiler's
+ * own vectorization spills it to the stack for every key, which costs more than the multiplications.
+ * head_dim is a multiple of 16 in every Llama-family model; others take the AVX2 or portable loop. */
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#ifdef __AVX2__
 static inline float hsum(__m256 v) {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_add_ps(x, _mm_movehl_ps(x, x));
@@ -38,34 +40,175 @@ static inline __m256 load8_bf16(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
-#define DEFINE_DOT(NAME, T, LOAD, LOAD8)                                             \
-    static inline float NAME(const float *q, const T *k, int n) {                    \
-        if (n % 8) {                                                                 \
-            float s = 0.0f;                                                          \
-            for (int d = 0; d < n; d++) s += q[d] * LOAD(k, d);                      \
-            return s;                                                                \
-        }                                                                            \
-        __m256 acc = _mm256_setzero_ps();                                            \
-        for (int d = 0; d < n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), LOAD8(k + d), acc); \
-        return hsum(acc);                                                            \
+#endif
+#ifdef __AVX512F__
+static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16_bf16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+#define DOT_WIDE(T, LOAD16)                                                                          \
+    if (n % 16 == 0) {                                                                               \
+        __m512 acc = _mm512_setzero_ps();                                                            \
+        for (int d = 0; d < n; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), LOAD16(k + d), acc); \
+        return _mm512_reduce_add_ps(acc);                                                            \
     }
 #else
-#define DEFINE_DOT(NAME, T, LOAD, LOAD8)                                             \
-    static inline float NAME(const float *q, const T *k, int n) {                    \
-        float s = 0.0f;                                                              \
-        _Pragma("omp simd reduction(+ : s)")                                         \
-        for (int d = 0; d < n; d++) s += q[d] * LOAD(k, d);                          \
-        return s;                                                                    \
-    }
+#define DOT_WIDE(T, LOAD16)
 #endif
-DEFINE_DOT(dot_f32, float, load_f32, load8_f32)
-DEFINE_DOT(dot_bf16, uint16_t, load_bf16, load8_bf16)
+#ifdef __AVX2__
+#define DOT_AVX2(LOAD8)                                                                              \
+    if (n % 8 == 0) {                                                                                \
+        __m256 acc = _mm256_setzero_ps();                                                            \
+        for (int d = 0; d < n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), LOAD8(k + d), acc); \
+        return hsum(acc);                                                                            \
+    }
+#else
+#define DOT_AVX2(LOAD8)
+#endif
+#define DEFINE_DOT(NAME, T, LOAD, LOAD8, LOAD16)                                                     \
+    static inline float NAME(const float *q, const T *k, int n) {                                    \
+        DOT_WIDE(T, LOAD16)                                                                          \
+        DOT_AVX2(LOAD8)                                                                              \
+        float s = 0.0f;                                                                              \
+        for (int d = 0; d < n; d++) s += q[d] * LOAD(k, d);                                          \
+        return s;                                                                                    \
+    }
+DEFINE_DOT(dot_f32, float, load_f32, load8_f32, load16_f32)
+DEFINE_DOT(dot_bf16, uint16_t, load_bf16, load8_bf16, load16_bf16)
+
+/* out_h = Σ_j p_h[j]·v_j for every head. With AVX-512 and head_dim a multiple of 64, one head's 64
+ * output lanes stay in four registers for the whole context and V is read per head of a GQA group
+ * (from L2: a sequence's values for one layer fit there); otherwise the accumulators live in `acc`
+ * and go through L1 for every key. */
+#ifdef __AVX512F__
+#define PV_WIDE(T, LOAD16)                                                                           \
+    if (head_dim % 64 == 0) {                                                                        \
+        for (int h = 0; h < n_heads; h++) {                                                          \
+            const float *ph = scores + (int64_t)h * ctx;                                             \
+            for (int d0 = 0; d0 < head_dim; d0 += 64) {                                              \
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                          \
+                for (int j = 0, b = 0; j < ctx; b++) {                                               \
+                    const T *v = v_cache + (int64_t)table[b] * block_size * token_stride             \
+                                 + (int64_t)(h / group) * head_dim + d0;                             \
+                    for (int t = 0; t < block_size && j < ctx; t++, j++, v += token_stride) {        \
+                        const __m512 p = _mm512_set1_ps(ph[j]);                                      \
+                        a0 = _mm512_fmadd_ps(p, LOAD16(v), a0);                                      \
+                        a1 = _mm512_fmadd_ps(p, LOAD16(v + 16), a1);                                 \
+                        a2 = _mm512_fmadd_ps(p, LOAD16(v + 32), a2);                                 \
+                        a3 = _mm512_fmadd_ps(p, LOAD16(v + 48), a3);                                 \
+                    }                                                                                \
+                }                                                                                    \
+                float *ah = acc + (int64_t)h * head_dim + d0;                                        \
+                _mm512_storeu_ps(ah, a0);                                                            \
+                _mm512_storeu_ps(ah + 16, a1);                                                       \
+                _mm512_storeu_ps(ah + 32, a2);                                                       \
+                _mm512_storeu_ps(ah + 48, a3);                                                       \
+            }                                                                                        \
+        }                                                                                            \
+        return;                                                                                      \
+    }
+#else
+#define PV_WIDE(T, LOAD16)
+#endif
+#define DEFINE_PV(NAME, T, LOAD, LOAD16)                                                             \
+    static void NAME(const float *scores, const T *v_cache, const int32_t *table, int ctx, int n_heads, \
+                     int group, int head_dim, int block_size, int64_t token_stride, float *acc) {    \
+        PV_WIDE(T, LOAD16)                                                                           \
+        memset(acc, 0, sizeof(float) * (size_t)n_heads * (size_t)head_dim);                         \
+        for (int j = 0; j < ctx; j++) {                                                              \
+            const T *v = v_cache + ((int64_t)table[j / block_size] * block_size + j % block_size) * token_stride; \
+            for (int h = 0; h < n_heads; h++) {                                                      \
+                const float p = scores[(int64_t)h * ctx + j];                                        \
+                const T *vh = v + (int64_t)(h / group) * head_dim;                                   \
+                float *ah = acc + (int64_t)h * head_dim;                                             \
+                _Pragma("omp simd")                                                                  \
+                for (int d = 0; d < head_dim; d++) ah[d] += p * LOAD(vh, d);                         \
+            }                                                                                        \
+        }                                                                                            \
+    }
+DEFINE_PV(pv_f32, float, load_f32, load16_f32)
+DEFINE_PV(pv_bf16, uint16_t, load_bf16, load16_bf16)
+
+/* Softmax in place, the maximum subtracted for range. libm's expf is scalar (its vector forms need
+ * -ffast-math, which a shared library must not use), and with one exponential per key and head it
+ * cost more than the dot products; so e^x is computed here, 16 or 8 lanes at a time: x = n·ln2 + r,
+ * e^r by its degree-6 Taylor polynomial (|r| ≤ ln2/2, relative error about 2e-7), times 2^n.
+ * Inputs are ≤ 0 and clamped at -87, where e^x is already below any sum's rounding. */
+#ifdef __AVX512F__
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+#ifdef __AVX2__
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+#endif
+
+static void softmax(float *s, int n) {
+    float top = s[0];
+    for (int j = 1; j < n; j++) top = s[j] > top ? s[j] : top;
+    float total = 0.0f;
+    int j = 0;
+#if defined(__AVX512F__)
+    const __m512 shift = _mm512_set1_ps(top);
+    __m512 sum = _mm512_setzero_ps();
+    for (; j < n; j += 16) {
+        const __mmask16 lanes = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + j), shift));
+        _mm512_mask_storeu_ps(s + j, lanes, e);
+        sum = _mm512_mask_add_ps(sum, lanes, sum, e);
+    }
+    total = _mm512_reduce_add_ps(sum);
+#elif defined(__AVX2__)
+    const __m256 shift = _mm256_set1_ps(top);
+    __m256 sum = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), shift));
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    total = hsum(sum);
+#endif
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - top);
+        total += s[j];
+    }
+    const float inverse = 1.0f / total;
+    for (j = 0; j < n; j++) s[j] *= inverse;
+}
 
 /* q, out: (tokens, n_heads, head_dim), fp32; row r's query is token rows[r].
  * k_cache, v_cache: one layer, (num_blocks, block_size, n_kv, head_dim).
  * Row r sees context_lens[r] keys, through the block ids at block_tables + table_starts[r].
  * Returns nonzero if scratch memory could not be allocated. */
-#define DEFINE_DECODE(NAME, T, LOAD, DOT)                                                                     \
+#define DEFINE_DECODE(NAME, T, DOT, PV)                                                                       \
     int NAME(const float *q, const T *k_cache, const T *v_cache, const int32_t *rows,                     \
              const int32_t *block_tables, const int32_t *table_starts, const int32_t *context_lens,       \
              int n_rows, int n_heads, int n_kv, int head_dim, int block_size, float scale, float *out) {  \
@@ -77,49 +220,27 @@ DEFINE_DOT(dot_bf16, uint16_t, load_bf16, load8_bf16)
             const int ctx = context_lens[r];                                                              \
             const int32_t *table = block_tables + table_starts[r];                                        \
             const float *qr = q + (int64_t)rows[r] * n_heads * head_dim;                                  \
-            float *acc = out + (int64_t)rows[r] * n_heads * head_dim;                                     \
             float *scores = malloc(sizeof(float) * (size_t)n_heads * (size_t)ctx); /* (n_heads, ctx) */  \
             if (!scores) {                                                                                \
                 failed = 1;                                                                               \
                 continue;                                                                                 \
             }                                                                                             \
-            for (int j = 0; j < ctx; j++) {                                                               \
-                const T *k = k_cache + ((int64_t)table[j / block_size] * block_size + j % block_size)     \
-                                           * token_stride;                                                \
-                for (int h = 0; h < n_heads; h++) {                                                       \
-                    const float *qh = qr + (int64_t)h * head_dim;                                         \
-                    const T *kh = k + (int64_t)(h / group) * head_dim;                                    \
-                    scores[(int64_t)h * ctx + j] = DOT(qh, kh, head_dim) * scale;                         \
+            for (int j = 0, b = 0; j < ctx; b++) { /* a block's keys are one contiguous run */           \
+                const T *k = k_cache + (int64_t)table[b] * block_size * token_stride;                     \
+                for (int t = 0; t < block_size && j < ctx; t++, j++, k += token_stride) {                 \
+                    for (int h = 0; h < n_heads; h++) {                                                   \
+                        const T *kh = k + (int64_t)(h / group) * head_dim;                                \
+                        scores[(int64_t)h * ctx + j] = DOT(qr + (int64_t)h * head_dim, kh, head_dim) * scale; \
+                    }                                                                                     \
                 }                                                                                         \
             }                                                                                             \
-            for (int h = 0; h < n_heads; h++) { /* softmax, max subtracted for range */                   \
-                float *sh = scores + (int64_t)h * ctx;                                                    \
-                float top = sh[0];                                                                        \
-                for (int j = 1; j < ctx; j++) top = sh[j] > top ? sh[j] : top;                            \
-                float total = 0.0f;                                                                       \
-                for (int j = 0; j < ctx; j++) {                                                           \
-                    sh[j] = expf(sh[j] - top);                                                            \
-                    total += sh[j];                                                                       \
-                }                                                                                         \
-                const float inverse = 1.0f / total;                                                       \
-                for (int j = 0; j < ctx; j++) sh[j] *= inverse;                                           \
-            }                                                                                             \
-            memset(acc, 0, sizeof(float) * (size_t)n_heads * (size_t)head_dim);                           \
-            for (int j = 0; j < ctx; j++) {                                                               \
-                const T *v = v_cache + ((int64_t)table[j / block_size] * block_size + j % block_size)     \
-                                           * token_stride;                                                \
-                for (int h = 0; h < n_heads; h++) {                                                       \
-                    const float p = scores[(int64_t)h * ctx + j];                                         \
-                    const T *vh = v + (int64_t)(h / group) * head_dim;                                    \
-                    float *ah = acc + (int64_t)h * head_dim;                                              \
-                    _Pragma("omp simd")                                                                   \
-                    for (int d = 0; d < head_dim; d++) ah[d] += p * LOAD(vh, d);                          \
-                }                                                                                         \
-            }                                                                                             \
+            for (int h = 0; h < n_heads; h++) softmax(scores + (int64_t)h * ctx, ctx);                      \
+            PV(scores, v_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride,           \
+               out + (int64_t)rows[r] * n_heads * head_dim);                                              \
             free(scores);                                                                                 \
         }                                                                                                 \
         return failed;                                                                                    \
     }
 
-DEFINE_DECODE(paged_decode_f32, float, load_f32, dot_f32)
-DEFINE_DECODE(paged_decode_bf16, uint16_t, load_bf16, dot_bf16)
+DEFINE_DECODE(paged_decode_f32, float, dot_f32, pv_f32)
+DEFINE_DECODE(paged_decode_bf16, uint16_t, dot_bf16, pv_bf16)
