@@ -77,6 +77,66 @@ static inline __m512 load16_bf16(const uint16_t *p) {
 DEFINE_DOT(dot_f32, float, load_f32, load8_f32, load16_f32)
 DEFINE_DOT(dot_bf16, uint16_t, load_bf16, load8_bf16, load16_bf16)
 
+/* scores[h][j] = q_h·k_j · scale for every head and key. With AVX-512, sixteen keys at a time: each
+ * key's products stay in a register of 16 partial sums, and one transpose-and-add turns the sixteen
+ * registers into one register of sixteen scores (about 3 operations per score, against 8 for a
+ * reduction per key). Keys past the end repeat the first; their lanes are not stored. */
+#ifdef __AVX512F__
+static inline __m512 sum16x16(__m512 v[16]) {
+    __m512 a[8], b[4];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* b[i]'s 128-bit lanes each hold partial sums of v[4i..4i+3]; fold the lanes pairwise, twice */
+    const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+    const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
+}
+#define SCORES_WIDE(T, LOAD16)                                                                       \
+    if (head_dim % 16 == 0) {                                                                        \
+        for (int j0 = 0; j0 < ctx; j0 += 16) {                                                       \
+            const int n = ctx - j0 < 16 ? ctx - j0 : 16;                                             \
+            const __mmask16 lanes = n == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);        \
+            const T *keys[16];                                                                       \
+            for (int t = 0; t < 16; t++) {                                                           \
+                const int j = j0 + (t < n ? t : 0);                                                  \
+                keys[t] = k_cache + ((int64_t)table[j / block_size] * block_size + j % block_size) * token_stride; \
+            }                                                                                        \
+            for (int h = 0; h < n_heads; h++) {                                                      \
+                const float *qh = q + (int64_t)h * head_dim;                                         \
+                const int64_t head = (int64_t)(h / group) * head_dim;                                \
+                __m512 acc[16];                                                                      \
+                for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();                           \
+                for (int d = 0; d < head_dim; d += 16) {                                             \
+                    const __m512 qd = _mm512_loadu_ps(qh + d);                                       \
+                    for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(qd, LOAD16(keys[t] + head + d), acc[t]); \
+                }                                                                                    \
+                _mm512_mask_storeu_ps(scores + (int64_t)h * ctx + j0, lanes,                         \
+                                      _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale)));         \
+            }                                                                                        \
+        }                                                                                            \
+        return;                                                                                      \
+    }
+#else
+#define SCORES_WIDE(T, LOAD16)
+#endif
+#define DEFINE_SCORES(NAME, T, DOT, LOAD16)                                                          \
+    static void NAME(const float *q, const T *k_cache, const int32_t *table, int ctx, int n_heads, int group, \
+                     int head_dim, int block_size, int64_t token_stride, float scale, float *scores) { \
+        SCORES_WIDE(T, LOAD16)                                                                       \
+        for (int j = 0, b = 0; j < ctx; b++) { /* a block's keys are one contiguous run */          \
+            const T *k = k_cache + (int64_t)table[b] * block_size * token_stride;                    \
+            for (int t = 0; t < block_size && j < ctx; t++, j++, k += token_stride)                  \
+                for (int h = 0; h < n_heads; h++)                                                    \
+                    scores[(int64_t)h * ctx + j] =                                                   \
+                        DOT(q + (int64_t)h * head_dim, k + (int64_t)(h / group) * head_dim, head_dim) * scale; \
+        }                                                                                            \
+    }
+DEFINE_SCORES(scores_f32, float, dot_f32, load16_f32)
+DEFINE_SCORES(scores_bf16, uint16_t, dot_bf16, load16_bf16)
+
 /* out_h = Σ_j p_h[j]·v_j for every head. With AVX-512 and head_dim a multiple of 64, one head's 64
  * output lanes stay in four registers for the whole context and V is read per head of a GQA group
  * (from L2: a sequence's values for one layer fit there); otherwise the accumulators live in `acc`
@@ -208,7 +268,7 @@ static void softmax(float *s, int n) {
  * k_cache, v_cache: one layer, (num_blocks, block_size, n_kv, head_dim).
  * Row r sees context_lens[r] keys, through the block ids at block_tables + table_starts[r].
  * Returns nonzero if scratch memory could not be allocated. */
-#define DEFINE_DECODE(NAME, T, DOT, PV)                                                                       \
+#define DEFINE_DECODE(NAME, T, SCORES, PV)                                                                       \
     int NAME(const float *q, const T *k_cache, const T *v_cache, const int32_t *rows,                     \
              const int32_t *block_tables, const int32_t *table_starts, const int32_t *context_lens,       \
              int n_rows, int n_heads, int n_kv, int head_dim, int block_size, float scale, float *out) {  \
@@ -225,15 +285,7 @@ static void softmax(float *s, int n) {
                 failed = 1;                                                                               \
                 continue;                                                                                 \
             }                                                                                             \
-            for (int j = 0, b = 0; j < ctx; b++) { /* a block's keys are one contiguous run */           \
-                const T *k = k_cache + (int64_t)table[b] * block_size * token_stride;                     \
-                for (int t = 0; t < block_size && j < ctx; t++, j++, k += token_stride) {                 \
-                    for (int h = 0; h < n_heads; h++) {                                                   \
-                        const T *kh = k + (int64_t)(h / group) * head_dim;                                \
-                        scores[(int64_t)h * ctx + j] = DOT(qr + (int64_t)h * head_dim, kh, head_dim) * scale; \
-                    }                                                                                     \
-                }                                                                                         \
-            }                                                                                             \
+            SCORES(qr, k_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride, scale, scores); \
             for (int h = 0; h < n_heads; h++) softmax(scores + (int64_t)h * ctx, ctx);                      \
             PV(scores, v_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride,           \
                out + (int64_t)rows[r] * n_heads * head_dim);                                              \
@@ -242,5 +294,5 @@ static void softmax(float *s, int n) {
         return failed;                                                                                    \
     }
 
-DEFINE_DECODE(paged_decode_f32, float, dot_f32, pv_f32)
-DEFINE_DECODE(paged_decode_bf16, uint16_t, dot_bf16, pv_bf16)
+DEFINE_DECODE(paged_decode_f32, float, scores_f32, pv_f32)
+DEFINE_DECODE(paged_decode_bf16, uint16_t, scores_bf16, pv_bf16)
