@@ -50,7 +50,9 @@ class DeploymentConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
     # int4: weight-only int4 kernels for few-row calls on the CPU (single-stream decode runs ~2x faster);
     # auto: int4 when the GGUF's layers are already 4-bit, so nothing is lost; fp32: exact reference.
-    weights: Literal["auto", "fp32", "int4"] = "auto"
+    # int4-bf16: as auto, plus a bf16 copy for many-row calls where it times faster; its bf16 activations
+    # flip some greedy answers of a model this small (SmolLM2-135M answers "L'Étoile" for France's capital).
+    weights: Literal["auto", "fp32", "int4", "int4-bf16"] = "auto"
     # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
     input_cost_per_1k: float = Field(default=0.0, ge=0)
     output_cost_per_1k: float = Field(default=0.0, ge=0)

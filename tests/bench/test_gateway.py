@@ -22,6 +22,8 @@ def test_every_request_is_answered_and_timed(result: GatewayBenchResult) -> None
     assert 0 < result.overhead_p50_ms <= result.overhead_p99_ms
     assert result.max_rps > 0 and result.achieved_rps > 0
     assert result.max_rps_observed > 0 and result.max_rps_unobserved > 0  # both gateways answered
+    # Each gateway process's own CPU time, read from /proc, per request it served.
+    assert result.cpu_us_per_request_observed > 0 and result.cpu_us_per_request_unobserved > 0
 
 
 def test_the_json_has_the_required_keys_and_names_the_quoted_peer(result: GatewayBenchResult) -> None:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from penstock.engine.kernel_choice import (
+    DENSE_DTYPES,
     KV_DTYPES,
     AttentionChoice,
     choose_attention,
@@ -54,7 +55,7 @@ def test_the_weight_choice_swaps_all_or_nothing_and_applies_what_it_measured() -
     tokens, positions = torch.tensor([[5, 6, 7]]), torch.arange(3)
     with torch.inference_mode():
         before = model(tokens, positions)
-        choice = choose_weight_kernels(model)
+        choice = choose_weight_kernels(model, DENSE_DTYPES)
         after = model(tokens, positions)
     int4 = [m for m in model.modules() if isinstance(m, HybridInt4Linear)]
     int8 = [m for m in model.modules() if isinstance(m, HybridInt8Linear)]

@@ -73,17 +73,22 @@ class GatewayBenchResult:
     max_rps_observed: float = 0.0
     max_rps_unobserved: float = 0.0
     observability_cost_pct: float = 0.0
+    # The same rounds read as each gateway process's CPU time per request (from /proc): steadier than
+    # the rates on a shared machine, and what limits a gateway whose event loop is busy.
+    cpu_us_per_request_observed: float = 0.0
+    cpu_us_per_request_unobserved: float = 0.0
+    observability_cpu_cost_pct: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
-    with _gateway(options.redis_url) as (port, key), _gateway(options.redis_url, observed=False) as (bare, bare_key):
-        request = _request_bytes(port, key)
-        latency = asyncio.run(_open_loop(port, request, options.rate, options.duration_s))
-        closed = asyncio.run(_closed_loop(port, request, options.connections, options.duration_s))
-        observed, unobserved = _observability_rounds(options, (port, request), (bare, _request_bytes(bare, bare_key)))
+    with _gateway(options.redis_url) as main, _gateway(options.redis_url, observed=False) as bare:
+        request = _request_bytes(main.port, main.key)
+        latency = asyncio.run(_open_loop(main.port, request, options.rate, options.duration_s))
+        closed = asyncio.run(_closed_loop(main.port, request, options.connections, options.duration_s))
+        observed, unobserved = _observability_rounds(options, main, bare)
     p50, p90, p99 = _percentiles(latency.latencies_s)
     max_p50 = _percentiles(closed.latencies_s)[0]
     return GatewayBenchResult(
@@ -103,23 +108,54 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
         ratio_p50_vs_peer=PEER["overhead_p50_ms"] / p50 if p50 else float("inf"),
         load_generator="penstock's asyncio HTTP/1.1 client, keep-alive, in a separate process from the gateway",
         command=_command(options),
-        max_rps_observed=round(observed, 1),
-        max_rps_unobserved=round(unobserved, 1),
-        observability_cost_pct=round((1 - observed / unobserved) * 100, 2) if unobserved else 0.0,
+        max_rps_observed=round(observed.rps, 1),
+        max_rps_unobserved=round(unobserved.rps, 1),
+        observability_cost_pct=round((1 - observed.rps / unobserved.rps) * 100, 2) if unobserved.rps else 0.0,
+        cpu_us_per_request_observed=round(observed.cpu_us, 1),
+        cpu_us_per_request_unobserved=round(unobserved.cpu_us, 1),
+        observability_cpu_cost_pct=round((observed.cpu_us / unobserved.cpu_us - 1) * 100, 2)
+        if unobserved.cpu_us
+        else 0.0,
     )
 
 
-def _observability_rounds(
-    options: GatewayBenchOptions, observed: tuple[int, bytes], bare: tuple[int, bytes]
-) -> tuple[float, float]:
-    """Median closed-loop rate of each gateway over alternating rounds (the machine's noise hits both)."""
-    rates: dict[int, list[float]] = {observed[0]: [], bare[0]: []}
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    port: int
+    key: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Rounds:
+    rps: float  # median closed-loop requests/s
+    cpu_us: float  # median gateway CPU microseconds per request (0 where /proc cannot tell)
+
+
+def _observability_rounds(options: GatewayBenchOptions, observed: _Gateway, bare: _Gateway) -> tuple[_Rounds, _Rounds]:
+    """Medians of each gateway over alternating rounds (the machine's noise hits both)."""
+    rates: dict[int, list[float]] = {observed.port: [], bare.port: []}
+    cpu: dict[int, list[float]] = {observed.port: [], bare.port: []}
     seconds = options.duration_s / 2
     for _ in range(options.observability_rounds):
-        for port, request in (observed, bare):
-            run = asyncio.run(_closed_loop(port, request, options.connections, seconds))
-            rates[port].append(len(run.latencies_s) / run.wall_s)
-    return statistics.median(rates[observed[0]]), statistics.median(rates[bare[0]])
+        for gateway in (observed, bare):
+            request = _request_bytes(gateway.port, gateway.key)
+            before = _cpu_seconds(gateway.pid)
+            run = asyncio.run(_closed_loop(gateway.port, request, options.connections, seconds))
+            served = len(run.latencies_s)
+            rates[gateway.port].append(served / run.wall_s)
+            cpu[gateway.port].append((_cpu_seconds(gateway.pid) - before) / served * 1e6 if served else 0.0)
+    medians = [_Rounds(statistics.median(rates[g.port]), statistics.median(cpu[g.port])) for g in (observed, bare)]
+    return medians[0], medians[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far; 0 where /proc does not exist (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -217,7 +253,7 @@ def _request_bytes(port: int, key: str) -> bytes:
 
 
 @contextmanager
-def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[tuple[int, str]]:
+def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[_Gateway]:
     """The gateway server in a child process, and a tenant key with limits far above the load."""
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
@@ -231,7 +267,7 @@ def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[tuple[
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, server, Path(home) / "gateway.log")
-            yield port, _bench_key(base)
+            yield _Gateway(port, _bench_key(base), server.pid)
         finally:
             server.send_signal(signal.SIGINT)
             try:

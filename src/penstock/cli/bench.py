@@ -26,6 +26,7 @@ class Weights(StrEnum):
     auto = "auto"
     fp32 = "fp32"
     int4 = "int4"
+    int4_bf16 = "int4-bf16"
 
 
 class Dtype(StrEnum):
@@ -67,8 +68,8 @@ def engine(
     ),
     weights: Weights = typer.Option(
         Weights.auto,
-        help="Engine weights as a deployment sets them; auto: for a 4-bit GGUF, int4 for few rows and a bf16 "
-        "copy for many, each where it times faster.",
+        help="Engine weights as a deployment sets them; auto: for a 4-bit GGUF, int4 for few rows where it "
+        "times faster; int4-bf16: also a bf16 copy for many rows where that times faster (less exact).",
     ),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""
@@ -192,6 +193,12 @@ def gateway(
         f"{result.max_rps_observed:.0f} / {result.max_rps_unobserved:.0f}",
         "",
         f"cost {result.observability_cost_pct:.1f}% (target ≤ 5%)",
+    )
+    table.add_row(
+        "gateway CPU per request with / without observability (µs)",
+        f"{result.cpu_us_per_request_observed:.0f} / {result.cpu_us_per_request_unobserved:.0f}",
+        "",
+        f"cost {result.observability_cpu_cost_pct:.1f}%",
     )
     Console().print(table)
     typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")

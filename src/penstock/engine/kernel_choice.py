@@ -52,16 +52,20 @@ class WeightChoice:
     swapped: bool  # whether the hybrid layers went in at all
 
 
-def choose_weight_kernels(model: nn.Module) -> WeightChoice:
+def choose_weight_kernels(model: nn.Module, dense_dtypes: Seq[torch.dtype] = (torch.float32,)) -> WeightChoice:
     """Swap in the hybrid quantized layers, with their dense dtype and few-row crossover timed here.
 
-    The dense dtype is timed at DENSE_PROBE_ROWS rows (a batch's decode step); then for each layer
-    shape the crossover is the fewest rows at which the dense path is no slower than the quantized
-    kernel. Where neither the quantized kernel nor a bf16 copy beats plain fp32, nothing is swapped.
+    Where `dense_dtypes` offers more than one, the dense dtype is timed at DENSE_PROBE_ROWS rows (a
+    batch's decode step); then for each layer shape the crossover is the fewest rows at which the
+    dense path is no slower than the quantized kernel. Where neither the quantized kernel nor a bf16
+    copy beats plain fp32, nothing is swapped. bf16 is opt-in (`weights: int4-bf16`): its rounded
+    activations flip some greedy answers of a small model.
     """
     swaps = hybrid_swaps(model)
     shapes = _by_shape(_layers(swaps))
-    dense = min(DENSE_DTYPES, key=lambda dtype: _dense_seconds(shapes, dtype, DENSE_PROBE_ROWS))
+    dense = dense_dtypes[0]
+    if len(dense_dtypes) > 1:
+        dense = min(dense_dtypes, key=lambda dtype: _dense_seconds(shapes, dtype, DENSE_PROBE_ROWS))
     few_rows = {name: _crossover(group[0], dense) for name, group in shapes.items()}
     swapped = dense != torch.float32 or any(rows > 1 for rows in few_rows.values())
     if swapped:

@@ -11,15 +11,16 @@ import torch
 from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.checkpoint import Checkpoint
 from penstock.engine.gguf_loader import read_gguf
-from penstock.engine.kernel_choice import choose_weight_kernels
+from penstock.engine.kernel_choice import DENSE_DTYPES, choose_weight_kernels
 from penstock.engine.model import ModelArgs, Transformer, fuse_projections
 from penstock.engine.quant import quantize_layers
 from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
 
-# measure: quantized few-row kernels and a bf16 dense copy, each where it times faster on this CPU
-Quantize = Literal["off", "on", "measure"]
+# measure: quantized few-row kernels where they time faster on this CPU; measure-bf16: also a bf16
+# dense copy for many-row calls where that times faster (faster, less exact)
+Quantize = Literal["off", "on", "measure", "measure-bf16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,8 @@ def load_chat_model(
     if torch.device(device).type == "cpu":
         if quantize == "on":
             quantize_layers(model)
-        elif quantize == "measure":
-            choose_weight_kernels(model)
+        elif quantize in ("measure", "measure-bf16"):
+            choose_weight_kernels(model, DENSE_DTYPES if quantize == "measure-bf16" else (torch.float32,))
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
 
 

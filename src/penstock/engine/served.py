@@ -86,7 +86,7 @@ def quantization(weights: str, path: Path) -> Quantize:
     """auto: a 4-bit GGUF gets the int4 kernels where they time faster (its weights already lie on their grid)."""
     if weights == "auto":
         return "measure" if path.suffix == ".gguf" and has_4bit_layers(path) else "off"
-    return "on" if weights == "int4" else "off"
+    return {"int4": "on", "int4-bf16": "measure-bf16"}.get(weights, "off")
 
 
 def choose_attention(kv_setting: str, kernel_setting: str, args: ModelArgs, dtype: torch.dtype) -> AttentionChoice:
