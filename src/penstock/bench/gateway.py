@@ -136,12 +136,12 @@ def _observability_rounds(options: GatewayBenchOptions, observed: _Gateway, bare
     """Medians of each gateway over alternating rounds (the machine's noise hits both)."""
     rates: dict[int, list[float]] = {observed.port: [], bare.port: []}
     cpu: dict[int, list[float]] = {observed.port: [], bare.port: []}
+    requests = {g.port: _request_bytes(g.port, g.key) for g in (observed, bare)}
     seconds = options.duration_s / 2
     for _ in range(options.observability_rounds):
         for gateway in (observed, bare):
-            request = _request_bytes(gateway.port, gateway.key)
             before = _cpu_seconds(gateway.pid)
-            run = asyncio.run(_closed_loop(gateway.port, request, options.connections, seconds))
+            run = asyncio.run(_closed_loop(gateway.port, requests[gateway.port], options.connections, seconds))
             served = len(run.latencies_s)
             rates[gateway.port].append(served / run.wall_s)
             cpu[gateway.port].append((_cpu_seconds(gateway.pid) - before) / served * 1e6 if served else 0.0)
