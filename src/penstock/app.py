@@ -22,16 +22,15 @@ from penstock.gateway import admin, chat, collections, dashboard, embeddings, he
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
+from penstock.gateway.edge import EdgeMiddleware, HttpMetrics
 from penstock.gateway.error_handlers import install_error_handlers
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.limiter_local import LocalBackend
 from penstock.gateway.limiter_redis import RedisBackend
-from penstock.gateway.observe_http import HttpMetrics, ObserveHttpMiddleware
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.rate_limits import RATELIMIT_HEADERS
-from penstock.gateway.request_id import RequestIdMiddleware
 from penstock.gateway.review import ReviewSampler
 from penstock.gateway.services import Check, RetrievalServices, Services
 from penstock.gateway.usage import UsageRecorder
@@ -119,10 +118,8 @@ def build_app(
             allow_headers=["*"],
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
-    app.add_middleware(RequestIdMiddleware)
-    if observe.metrics or tracing.tracer is not None:
-        http_metrics = HttpMetrics(own_registry) if observe.metrics else None
-        app.add_middleware(ObserveHttpMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
+    http_metrics = HttpMetrics(own_registry) if observe.metrics else None
+    app.add_middleware(EdgeMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
     for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics, dashboard):
         app.include_router(module.router)
     return app

@@ -6,14 +6,17 @@ import json
 
 import pytest
 
-from penstock.bench.gateway import GatewayBenchOptions, GatewayBenchResult, run_gateway_bench
+from penstock.bench.gateway import GatewayBenchOptions, GatewayBenchResult, Round, paired_cost, run_gateway_bench
 
 REQUIRED = ("overhead_p50_ms", "overhead_p99_ms", "max_rps")
 
 
 @pytest.fixture(scope="module")
 def result() -> GatewayBenchResult:
-    return run_gateway_bench(GatewayBenchOptions(rate=40, duration_s=1.5, connections=4, observability_rounds=1))
+    options = GatewayBenchOptions(
+        rate=40, duration_s=1.5, connections=4, observability_rounds=2, observability_round_s=0.5
+    )
+    return run_gateway_bench(options)
 
 
 def test_every_request_is_answered_and_timed(result: GatewayBenchResult) -> None:
@@ -33,6 +36,19 @@ def test_the_json_has_the_required_keys_and_names_the_quoted_peer(result: Gatewa
 
 
 def test_through_redis_the_limiter_says_so(redis_url: str) -> None:
-    options = GatewayBenchOptions(rate=20, duration_s=1.0, connections=2, redis_url=redis_url, observability_rounds=1)
+    options = GatewayBenchOptions(
+        rate=20, duration_s=1.0, connections=2, redis_url=redis_url, observability_rounds=1, observability_round_s=0.5
+    )
     result = run_gateway_bench(options)
     assert result.errors == 0 and result.limiter == "redis"
+
+
+def test_the_cost_is_taken_within_pairs_so_that_drift_between_pairs_cancels() -> None:
+    # The machine halves its speed between the pairs; within each, observability costs 10%.
+    pairs = [
+        (Round(rps=900, cpu_us=1100), Round(rps=1000, cpu_us=1000)),
+        (Round(rps=450, cpu_us=2200), Round(rps=500, cpu_us=2000)),
+        (Round(rps=1800, cpu_us=550), Round(rps=2000, cpu_us=500)),
+    ]
+    cost = paired_cost(pairs)
+    assert cost.rps_pct == pytest.approx(10.0) and cost.cpu_pct == pytest.approx(10.0)

@@ -47,7 +47,10 @@ class GatewayBenchOptions:
     duration_s: float = 10.0
     connections: int = 64  # the closed-loop run's connections
     redis_url: str | None = None
-    observability_rounds: int = 3  # alternating closed-loop rounds, with and without observability
+    # Pairs of closed-loop rounds, one against each gateway, in alternating order. This machine's speed
+    # drifts by a third within seconds, so rounds are short and the cost is the median of each pair's.
+    observability_rounds: int = 12
+    observability_round_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class GatewayBenchResult:
     load_generator: str
     command: str
     # Closed-loop max rate with and without request observability (metrics, logs; traces are off by
-    # default), medians of alternating rounds against two gateways running side by side.
+    # default), from alternating rounds against two gateways running side by side: the rates are
+    # medians over rounds, the costs medians over pairs of rounds.
     max_rps_observed: float = 0.0
     max_rps_unobserved: float = 0.0
     observability_cost_pct: float = 0.0
@@ -84,11 +88,16 @@ class GatewayBenchResult:
 
 
 def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
-    with _gateway(options.redis_url) as main, _gateway(options.redis_url, observed=False) as bare:
+    gateway_cpus, client_cpus = _split_cpus()
+    with (
+        _pinned(client_cpus),
+        _gateway(options.redis_url, cpus=gateway_cpus) as main,
+        _gateway(options.redis_url, observed=False, cpus=gateway_cpus) as bare,
+    ):
         request = _request_bytes(main.port, main.key)
         latency = asyncio.run(_open_loop(main.port, request, options.rate, options.duration_s))
         closed = asyncio.run(_closed_loop(main.port, request, options.connections, options.duration_s))
-        observed, unobserved = _observability_rounds(options, main, bare)
+        observed, unobserved, cost = _observability_rounds(options, main, bare)
     p50, p90, p99 = _percentiles(latency.latencies_s)
     max_p50 = _percentiles(closed.latencies_s)[0]
     return GatewayBenchResult(
@@ -106,16 +115,14 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
         peer=PEER,
         ratio_max_rps_vs_peer=(len(closed.latencies_s) / closed.wall_s) / PEER["max_rps"],
         ratio_p50_vs_peer=PEER["overhead_p50_ms"] / p50 if p50 else float("inf"),
-        load_generator="penstock's asyncio HTTP/1.1 client, keep-alive, in a separate process from the gateway",
+        load_generator=_load_generator(gateway_cpus, client_cpus),
         command=_command(options),
         max_rps_observed=round(observed.rps, 1),
         max_rps_unobserved=round(unobserved.rps, 1),
-        observability_cost_pct=round((1 - observed.rps / unobserved.rps) * 100, 2) if unobserved.rps else 0.0,
+        observability_cost_pct=round(cost.rps_pct, 2),
         cpu_us_per_request_observed=round(observed.cpu_us, 1),
         cpu_us_per_request_unobserved=round(unobserved.cpu_us, 1),
-        observability_cpu_cost_pct=round((observed.cpu_us / unobserved.cpu_us - 1) * 100, 2)
-        if unobserved.cpu_us
-        else 0.0,
+        observability_cpu_cost_pct=round(cost.cpu_pct, 2),
     )
 
 
@@ -127,26 +134,46 @@ class _Gateway:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rounds:
-    rps: float  # median closed-loop requests/s
-    cpu_us: float  # median gateway CPU microseconds per request (0 where /proc cannot tell)
+class Round:
+    rps: float  # closed-loop requests/s
+    cpu_us: float  # gateway CPU microseconds per request (0 where /proc cannot tell)
 
 
-def _observability_rounds(options: GatewayBenchOptions, observed: _Gateway, bare: _Gateway) -> tuple[_Rounds, _Rounds]:
-    """Medians of each gateway over alternating rounds (the machine's noise hits both)."""
-    rates: dict[int, list[float]] = {observed.port: [], bare.port: []}
-    cpu: dict[int, list[float]] = {observed.port: [], bare.port: []}
+@dataclass(frozen=True, slots=True)
+class Cost:
+    rps_pct: float  # median over pairs of the throughput lost to observability
+    cpu_pct: float  # median over pairs of the CPU per request it adds
+
+
+def _observability_rounds(
+    options: GatewayBenchOptions, observed: _Gateway, bare: _Gateway
+) -> tuple[Round, Round, Cost]:
+    """Each gateway's medians, and the cost from each pair of rounds run back to back (the drift hits both)."""
     requests = {g.port: _request_bytes(g.port, g.key) for g in (observed, bare)}
-    seconds = options.duration_s / 2
-    for _ in range(options.observability_rounds):
-        for gateway in (observed, bare):
-            before = _cpu_seconds(gateway.pid)
-            run = asyncio.run(_closed_loop(gateway.port, requests[gateway.port], options.connections, seconds))
-            served = len(run.latencies_s)
-            rates[gateway.port].append(served / run.wall_s)
-            cpu[gateway.port].append((_cpu_seconds(gateway.pid) - before) / served * 1e6 if served else 0.0)
-    medians = [_Rounds(statistics.median(rates[g.port]), statistics.median(cpu[g.port])) for g in (observed, bare)]
-    return medians[0], medians[1]
+    pairs: list[tuple[Round, Round]] = []
+    for index in range(options.observability_rounds):
+        order = (observed, bare) if index % 2 == 0 else (bare, observed)
+        rounds = {g.port: _round(g, requests[g.port], options) for g in order}
+        pairs.append((rounds[observed.port], rounds[bare.port]))
+    medians = [
+        Round(statistics.median(p[i].rps for p in pairs), statistics.median(p[i].cpu_us for p in pairs)) for i in (0, 1)
+    ]
+    return medians[0], medians[1], paired_cost(pairs)
+
+
+def paired_cost(pairs: list[tuple[Round, Round]]) -> Cost:
+    """Observability's cost as the median over (observed, bare) pairs of what it cost within the pair."""
+    rps_pct = statistics.median((1 - o.rps / b.rps) * 100 if b.rps else 0.0 for o, b in pairs)
+    cpu_pct = statistics.median((o.cpu_us / b.cpu_us - 1) * 100 if b.cpu_us else 0.0 for o, b in pairs)
+    return Cost(rps_pct, cpu_pct)
+
+
+def _round(gateway: _Gateway, request: bytes, options: GatewayBenchOptions) -> Round:
+    before = _cpu_seconds(gateway.pid)
+    run = asyncio.run(_closed_loop(gateway.port, request, options.connections, options.observability_round_s))
+    served = len(run.latencies_s)
+    cpu_us = (_cpu_seconds(gateway.pid) - before) / served * 1e6 if served else 0.0
+    return Round(served / run.wall_s, cpu_us)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -252,8 +279,45 @@ def _request_bytes(port: int, key: str) -> bytes:
     return head.encode() + body
 
 
+def _load_generator(gateway_cpus: set[int] | None, client_cpus: set[int] | None) -> str:
+    text = "penstock's asyncio HTTP/1.1 client, keep-alive, in a separate process from the gateway"
+    if gateway_cpus and client_cpus:
+        text += f", on CPUs {sorted(client_cpus)}; both gateways on CPU {min(gateway_cpus)}"
+    return text
+
+
+def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(the gateways' CPU, the load generator's CPUs), or (None, None) where they cannot be split.
+
+    Both gateways (and their embedded databases) share one CPU and the load generator keeps the
+    rest: the two gateways then run on the same core, which the comparison between them needs (on
+    a shared machine one core can run slower than the other for minutes), and the load generator
+    never takes a gateway's time.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 @contextmanager
-def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[_Gateway]:
+def _pinned(cpus: set[int] | None) -> Iterator[None]:
+    """This process on `cpus` for the duration, then back where it was."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextmanager
+def _gateway(redis_url: str | None, *, observed: bool = True, cpus: set[int] | None = None) -> Iterator[_Gateway]:
     """The gateway server in a child process, and a tenant key with limits far above the load."""
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
@@ -263,7 +327,8 @@ def _gateway(redis_url: str | None, *, observed: bool = True) -> Iterator[_Gatew
         # Its own embedded Postgres and no inherited settings: the environment would override the flags.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
         with (Path(home) / "gateway.log").open("wb") as log:
-            server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before any thread or child starts
+            server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, server, Path(home) / "gateway.log")

@@ -12,4 +12,5 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(svc: Services = Depends(services)) -> Response:
+    svc.usage.observe_pending()  # a scrape counts every request settled before it
     return Response(b"".join(map(generate_latest, svc.registries)), media_type=CONTENT_TYPE_LATEST)

