@@ -94,9 +94,8 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
         _gateway(options.redis_url, cpus=gateway_cpus) as main,
         _gateway(options.redis_url, observed=False, cpus=gateway_cpus) as bare,
     ):
-        request = _request_bytes(main.port, main.key)
-        latency = asyncio.run(_open_loop(main.port, request, options.rate, options.duration_s))
-        closed = asyncio.run(_closed_loop(main.port, request, options.connections, options.duration_s))
+        latency = asyncio.run(_open_loop(main.port, main.request, options.rate, options.duration_s))
+        closed = asyncio.run(_closed_loop(main.port, main.request, options.connections, options.duration_s))
         observed, unobserved, cost = _observability_rounds(options, main, bare)
     p50, p90, p99 = _percentiles(latency.latencies_s)
     max_p50 = _percentiles(closed.latencies_s)[0]
@@ -129,7 +128,7 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
 @dataclass(frozen=True, slots=True)
 class _Gateway:
     port: int
-    key: str
+    request: bytes  # a chat completion, authorized by the bench tenant's key
     pid: int
 
 
@@ -149,11 +148,10 @@ def _observability_rounds(
     options: GatewayBenchOptions, observed: _Gateway, bare: _Gateway
 ) -> tuple[Round, Round, Cost]:
     """Each gateway's medians, and the cost from each pair of rounds run back to back (the drift hits both)."""
-    requests = {g.port: _request_bytes(g.port, g.key) for g in (observed, bare)}
     pairs: list[tuple[Round, Round]] = []
     for index in range(options.observability_rounds):
         order = (observed, bare) if index % 2 == 0 else (bare, observed)
-        rounds = {g.port: _round(g, requests[g.port], options) for g in order}
+        rounds = {g.port: _round(g, options) for g in order}
         pairs.append((rounds[observed.port], rounds[bare.port]))
     medians = [
         Round(statistics.median(p[i].rps for p in pairs), statistics.median(p[i].cpu_us for p in pairs)) for i in (0, 1)
@@ -168,9 +166,9 @@ def paired_cost(pairs: list[tuple[Round, Round]]) -> Cost:
     return Cost(rps_pct, cpu_pct)
 
 
-def _round(gateway: _Gateway, request: bytes, options: GatewayBenchOptions) -> Round:
+def _round(gateway: _Gateway, options: GatewayBenchOptions) -> Round:
     before = _cpu_seconds(gateway.pid)
-    run = asyncio.run(_closed_loop(gateway.port, request, options.connections, options.observability_round_s))
+    run = asyncio.run(_closed_loop(gateway.port, gateway.request, options.connections, options.observability_round_s))
     served = len(run.latencies_s)
     cpu_us = (_cpu_seconds(gateway.pid) - before) / served * 1e6 if served else 0.0
     return Round(served / run.wall_s, cpu_us)
@@ -332,7 +330,7 @@ def _gateway(redis_url: str | None, *, observed: bool = True, cpus: set[int] | N
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, server, Path(home) / "gateway.log")
-            yield _Gateway(port, _bench_key(base), server.pid)
+            yield _Gateway(port, _request_bytes(port, _bench_key(base)), server.pid)
         finally:
             server.send_signal(signal.SIGINT)
             try:

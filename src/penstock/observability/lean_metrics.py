@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from math import inf
 
 from prometheus_client import CollectorRegistry
@@ -122,10 +123,6 @@ class LeanHistogram(_Family):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, series in self._items():
-            counts, total, cumulative = list(series.counts), series.sum, 0  # type: ignore[union-attr]
-            buckets = []
-            for le, count in zip(self._le, counts, strict=True):
-                cumulative += count
-                buckets.append((le, cumulative))
-            family.add_metric(values, buckets, total)
+            counts, total = list(series.counts), series.sum  # type: ignore[union-attr]
+            family.add_metric(values, list(zip(self._le, accumulate(counts), strict=True)), total)
         yield family

@@ -20,17 +20,17 @@ from penstock.observability.redaction import redact_event
 
 
 class _CurrentStderr:
-    """Writes to whatever sys.stderr is at the time (test runners and CLI runners swap it, then close theirs)."""
+    """Writes to whatever sys.stderr is at the time (test runners and CLI runners swap it, then close theirs).
+
+    It is the stdlib handler's stream and structlog's logger: as the latter, it is PrintLogger in one
+    write, the line and its newline together, then a flush.
+    """
 
     def write(self, text: str) -> int:
         return sys.stderr.write(text)
 
     def flush(self) -> None:
         sys.stderr.flush()
-
-
-class _StderrLogger:
-    """structlog's PrintLogger in one write: the line and its newline together, then a flush."""
 
     def msg(self, message: str) -> None:
         stream = sys.stderr
@@ -40,8 +40,8 @@ class _StderrLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
-def _logger_factory(*_: object) -> _StderrLogger:
-    return _StderrLogger()
+def _logger_factory(*_: object) -> _CurrentStderr:
+    return _CurrentStderr()
 
 
 class IsoTimestamp:

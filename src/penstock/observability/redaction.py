@@ -182,8 +182,8 @@ def _redact_fields(fields: Mapping[Any, Any], region: str) -> dict[Any, Any]:
     """A copy of `fields` with secret-named fields blanked and every other value redacted.
 
     This runs on every field of every log line, so the common cases are tested inline, cheapest
-    first: a name seen before, a value of an exact type with nothing to find (None, a float, a bool,
-    an integer too short to be a card), a short string whose redaction is remembered.
+    first: a name seen before, a value of an exact type with nothing to find (a float, a bool, an
+    integer too short to be a card), a short string whose redaction is remembered.
     """
     names, redacted = _SECRET_NAMES_SEEN, {}
     for key, value in fields.items():
@@ -191,10 +191,12 @@ def _redact_fields(fields: Mapping[Any, Any], region: str) -> dict[Any, Any]:
         if secret is None:
             secret = _is_secret_name(key)
         kind = type(value)
-        if value is None or kind is float or kind is bool:
-            redacted[key] = REDACTED if secret and value is not None else value
+        if value is None:
+            redacted[key] = None
         elif secret:
             redacted[key] = REDACTED
+        elif kind is float or kind is bool:
+            redacted[key] = value
         elif kind is str and len(value) <= _CACHED_LENGTH:
             redacted[key] = _redact_short(value, region)
         elif kind is int and -_CARD_FLOOR < value < _CARD_FLOOR:
