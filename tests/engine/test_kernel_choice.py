@@ -16,7 +16,7 @@ from penstock.engine.kernel_choice import (
     median_seconds,
 )
 from penstock.engine.model import ModelArgs, Transformer
-from penstock.engine.quant import HybridInt4Linear, HybridInt8Linear
+from penstock.engine.quant import HybridHead, HybridInt4Linear
 
 TINY = ModelArgs(
     dim=64,
@@ -58,10 +58,10 @@ def test_the_weight_choice_swaps_all_or_nothing_and_applies_what_it_measured() -
         choice = choose_weight_kernels(model, DENSE_DTYPES)
         after = model(tokens, positions)
     int4 = [m for m in model.modules() if isinstance(m, HybridInt4Linear)]
-    int8 = [m for m in model.modules() if isinstance(m, HybridInt8Linear)]
+    int8 = [m for m in model.modules() if isinstance(m, HybridHead)]
     # Per block: wqkv, wo, w13, w2; and the head.
     assert (len(int4), len(int8)) == ((4 * TINY.n_layers, 1) if choice.swapped else (0, 0))
-    assert isinstance(model.output, HybridInt8Linear if choice.swapped else nn.Linear)
+    assert isinstance(model.output, HybridHead if choice.swapped else nn.Linear)
     assert choice.dense_dtype in (torch.float32, torch.bfloat16)
     assert set(choice.few_rows) == {"128x64", "64x64", "256x64", "64x128", "100x64"}  # out x in, one per shape
     for layer in [*int4, *int8]:

@@ -1,4 +1,4 @@
-"""The native decode kernel computes what the PyTorch path computes, reading the paged cache in place."""
+"""The native attention kernel computes what the PyTorch path computes, reading the paged cache in place."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from penstock.engine import native
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import DecodeKernel, load_decode_kernel
+from penstock.engine.native import AttentionKernel, QueryRows, load_attention_kernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 
 ARGS = ModelArgs(
@@ -30,8 +30,8 @@ BLOCK = 16
 
 
 @pytest.fixture(scope="module")
-def kernel() -> DecodeKernel:
-    built = load_decode_kernel()
+def kernel() -> AttentionKernel:
+    built = load_attention_kernel()
     assert built is not None, "this machine has a C compiler: the kernel must build"
     return built
 
@@ -51,11 +51,13 @@ def random_step(rng: random.Random, num_blocks: int) -> list[SeqSlice]:
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("head_dim", [64, 48, 40])  # 48, 40: off the wider vector paths
+# GQA groups of 3 (SmolLM2), 1, 4 and 2; 9 is off the grouped path
+@pytest.mark.parametrize(("n_heads", "n_kv_heads"), [(9, 3), (9, 9), (8, 2), (8, 4), (9, 1)])
 def test_the_kernel_matches_sdpa_on_a_mixed_step(
-    kernel: DecodeKernel, dtype: torch.dtype, tolerance: float, head_dim: int
+    kernel: AttentionKernel, dtype: torch.dtype, tolerance: float, head_dim: int, n_heads: int, n_kv_heads: int
 ) -> None:
     torch.manual_seed(0)
-    args = replace(ARGS, head_dim=head_dim)
+    args = replace(ARGS, head_dim=head_dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
     cache = PagedKVCache(args, 512, BLOCK, dtype=dtype, device="cpu")
     cache.k.normal_()
     cache.v.normal_()
@@ -66,11 +68,12 @@ def test_the_kernel_matches_sdpa_on_a_mixed_step(
     for layer in range(args.n_layers):
         expected = PagedAttention.build(cache, slices, "cpu").attend(layer, q, k, v)
         native_step = PagedAttention.build(cache, slices, "cpu", kernel)
-        assert native_step.decode is not None and len(native_step.decode) == sum(s.length == 1 for s in slices)
+        assert native_step.queries is not None and len(native_step.queries) == tokens  # chunks' queries too
+        assert not native_step.views
         torch.testing.assert_close(native_step.attend(layer, q, k, v), expected, atol=tolerance, rtol=tolerance)
 
 
-def test_a_single_key_context_is_that_keys_value(kernel: DecodeKernel) -> None:
+def test_a_single_key_context_is_that_keys_value(kernel: AttentionKernel) -> None:
     cache = PagedKVCache(ARGS, 4, BLOCK, dtype=torch.float32, device="cpu")
     q = torch.randn(1, ARGS.n_heads, 1, ARGS.head_dim)
     k, v = (torch.randn(1, ARGS.n_kv_heads, 1, ARGS.head_dim) for _ in range(2))
@@ -81,9 +84,17 @@ def test_a_single_key_context_is_that_keys_value(kernel: DecodeKernel) -> None:
 
 def test_without_a_compiler_there_is_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", "no-such-compiler-penstock")
-    load_decode_kernel.cache_clear()
+    load_attention_kernel.cache_clear()
     try:
-        assert native.load_decode_kernel() is None
+        assert native.load_attention_kernel() is None
     finally:
         monkeypatch.undo()
-        load_decode_kernel.cache_clear()
+        load_attention_kernel.cache_clear()
+
+
+def test_a_chunks_queries_share_its_table_and_each_sees_keys_up_to_its_own() -> None:
+    queries = QueryRows.build([([7], 4, 1), ([1, 2], 16, 3)])  # a decode at position 4, a chunk at 16-18
+    assert queries.rows.tolist() == [0, 1, 2, 3]
+    assert queries.block_tables.tolist() == [7, 1, 2]
+    assert queries.table_starts.tolist() == [0, 1, 1, 1]
+    assert queries.context_lens.tolist() == [5, 17, 18, 19]

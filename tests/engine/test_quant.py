@@ -7,7 +7,7 @@ from torch import nn
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import load_chat_model
-from penstock.engine.quant import FEW_ROWS, GROUP, HybridInt4Linear, HybridInt8Linear, quantize_layers
+from penstock.engine.quant import FEW_ROWS, GROUP, RESCORED, HybridHead, HybridInt4Linear, quantize_layers
 from penstock.engine.sampler import request_rng
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Sequence
@@ -61,29 +61,37 @@ def test_the_crossover_and_a_bf16_dense_copy_route_each_call() -> None:
     assert hybrid.dense is None and torch.equal(hybrid(many), linear(many))
 
 
-def test_int8_head_ranks_like_fp32_on_few_rows_and_is_exact_on_many() -> None:
+def test_head_rescores_its_best_candidates_exactly_and_is_exact_on_many_rows() -> None:
     gen = torch.Generator().manual_seed(3)
     head = nn.Linear(128, 1000, bias=False)
     head.weight.data = torch.randn(1000, 128, generator=gen) * 0.05
-    hybrid = HybridInt8Linear(head)
+    hybrid = HybridHead(head)
     assert hybrid.weight is head.weight  # shared, as a tied embedding stays shared
     x = torch.randn(2, 128, generator=gen)
-    got = hybrid(x)
-    assert not torch.equal(got, head(x))  # it really took the int8 path
-    assert torch.equal(got.argmax(-1), head(x).argmax(-1))
-    assert torch.allclose(got, head(x), atol=0.02)
+    got, exact = hybrid(x), head(x)
+    approximate = hybrid.few_row_forward(x).float()
+    assert not torch.equal(approximate, exact)  # int8 and a bf16 output: not exact
+    top = approximate.topk(RESCORED, dim=-1).indices
+    assert torch.allclose(got.gather(-1, top), exact.gather(-1, top), rtol=1e-6, atol=1e-6)
+    rest = torch.ones_like(got, dtype=torch.bool).scatter(-1, top, False)
+    assert torch.equal(got[rest], approximate[rest])  # the tail keeps the fast path's logits
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
     many = torch.randn(FEW_ROWS, 128, generator=gen)
     assert torch.equal(hybrid(many), head(many))
+    hybrid.use_dense(torch.bfloat16)  # many rows through bf16: their best candidates rescored too
+    dense = hybrid(many)
+    top = F.linear(many.bfloat16(), head.weight.bfloat16()).float().topk(RESCORED, dim=-1).indices
+    assert torch.allclose(dense.gather(-1, top), head(many).gather(-1, top), rtol=1e-6, atol=1e-6)
 
 
 def test_no_rows_give_no_rows() -> None:
     """A step whose chunks sample nothing asks the head for logits of zero rows."""
     head = nn.Linear(128, 50, bias=False)
-    assert HybridInt8Linear(head)(torch.empty(1, 0, 128)).shape == (1, 0, 50)
+    assert HybridHead(head)(torch.empty(1, 0, 128)).shape == (1, 0, 50)
     assert HybridInt4Linear(four_bit_linear())(torch.empty(0, 128)).shape == (0, 64)
 
 
-def test_quantize_layers_swaps_block_linears_for_int4_and_the_head_for_int8() -> None:
+def test_quantize_layers_swaps_block_linears_for_int4_and_the_head_for_a_hybrid_head() -> None:
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -99,7 +107,7 @@ def test_quantize_layers_swaps_block_linears_for_int4_and_the_head_for_int8() ->
     assert quantize_layers(model) == 3
     assert isinstance(model.layers[0].attention.wq, HybridInt4Linear)
     assert isinstance(model.layers[0].feed_forward.odd, nn.Linear)
-    assert isinstance(model.output, HybridInt8Linear)
+    assert isinstance(model.output, HybridHead)
 
 
 def test_the_shipped_gguf_is_4bit(gguf_path: Path) -> None:

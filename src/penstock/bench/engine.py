@@ -34,7 +34,7 @@ class BenchOptions:
     threads: int | None = None  # None: torch's default
     weights: str = "auto"  # the engine side's weights, as a deployment sets them (auto: int4 for 4-bit GGUFs)
     kv_dtype: str = "auto"  # the engine's KV cache, as a deployment sets it (auto: the faster, measured)
-    attention: str = "auto"  # the engine's decode attention, as a deployment sets it (auto: measured)
+    attention: str = "auto"  # the engine's attention kernel, as a deployment sets it (auto: measured)
     # The peer runs in each of these and its best counts, as its best batch size does: on a CPU with
     # native bf16, transformers in bf16 is 2-3x faster than in fp32, and the engine's own matmuls may be bf16.
     hf_dtypes: tuple[str, ...] = ("float32", "bfloat16")
@@ -89,7 +89,7 @@ class EngineBenchResult:
     quantized: bool  # what `weights` came to: the hybrid quantized kernels in use
     dense_weights: str  # the dtype the engine's many-row matmuls ran in (bf16 where that timed faster)
     kv_dtype: str  # what the KV cache dtype setting came to
-    decode_attention: str  # what the attention setting came to: native or sdpa
+    attention: str  # what the attention setting came to: native or sdpa
     torch_threads: int
     seed: int
     model: str
@@ -206,7 +206,7 @@ def _result(
         quantized=bool(hybrids),
         dense_weights=str(hybrids[0].dense_dtype if hybrids else loaded.dtype).removeprefix("torch."),
         kv_dtype=str(ours.attention.kv_dtype).removeprefix("torch."),
-        decode_attention="native" if ours.attention.native else "sdpa",
+        attention="native" if ours.attention.native else "sdpa",
         torch_threads=torch.get_num_threads(),
         seed=options.seed,
         model=loaded.name,

@@ -64,12 +64,12 @@ def engine(
     threads: int | None = typer.Option(None, min=1, help="torch threads (default: torch's own choice)."),
     kv_dtype: KVDtype = typer.Option(KVDtype.auto, help="Engine KV cache dtype; auto: the faster, timed at load."),
     attention: AttentionKernel = typer.Option(
-        AttentionKernel.auto, help="Engine decode attention; auto: the native kernel where it times faster than SDPA."
+        AttentionKernel.auto, help="Engine attention; auto: the native kernel where it times faster than SDPA."
     ),
     weights: Weights = typer.Option(
         Weights.auto,
-        help="Engine weights as a deployment sets them; auto: for a 4-bit GGUF, int4 for few rows where it "
-        "times faster; int4-bf16: also a bf16 copy for many rows where that times faster (less exact).",
+        help="Engine weights as a deployment sets them; auto: for a 4-bit GGUF, int4 for few rows and bf16 "
+        "for many, each where it times faster; int4-bf16: the same on any checkpoint; fp32: exact.",
     ),
 ) -> None:
     """LLMEngine against transformers' generate: throughput, single-stream decode, prefix-cache TTFT."""

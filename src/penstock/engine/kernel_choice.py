@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import FUNCTIONS, DecodeKernel, load_decode_kernel
+from penstock.engine.native import FUNCTIONS, AttentionKernel, load_attention_kernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.engine.quant import HybridLinear, Swap, apply_swaps, hybrid_swaps
 
@@ -29,6 +29,7 @@ log = structlog.get_logger("penstock.engine")
 KV_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_CONTEXT = 512  # keys per sequence in the attention probe: a mid-length chat
 PROBE_SEQS = 16  # decodes in the probe's step: a busy server's batch
+PROBE_CHUNK = 256  # and a prefill chunk beside them
 PROBE_BLOCK = 16
 DENSE_DTYPES = (torch.float32, torch.bfloat16)
 DENSE_PROBE_ROWS = 64  # rows of the dense-dtype probe: a busy server's decode step
@@ -58,8 +59,7 @@ def choose_weight_kernels(model: nn.Module, dense_dtypes: Seq[torch.dtype] = (to
     Where `dense_dtypes` offers more than one, the dense dtype is timed at DENSE_PROBE_ROWS rows (a
     batch's decode step); then for each layer shape the crossover is the fewest rows at which the
     dense path is no slower than the quantized kernel. Where neither the quantized kernel nor a bf16
-    copy beats plain fp32, nothing is swapped. bf16 is opt-in (`weights: int4-bf16`): its rounded
-    activations flip some greedy answers of a small model.
+    copy beats plain fp32, nothing is swapped.
     """
     swaps = hybrid_swaps(model)
     shapes = _by_shape(_layers(swaps))
@@ -139,21 +139,21 @@ def _dtype_name(dtype: torch.dtype) -> str:
 @dataclass(frozen=True, slots=True)
 class AttentionChoice:
     kv_dtype: torch.dtype
-    native: bool  # decodes through the native kernel (native.py) rather than per-sequence SDPA
+    native: bool  # attention through the native kernel (native.py) rather than per-sequence SDPA
 
 
 def choose_attention(args: ModelArgs, kv_dtypes: Seq[torch.dtype], natives: Seq[bool]) -> AttentionChoice:
-    """The fastest KV cache dtype and decode path for a batch of decodes (PROBE_SEQS of PROBE_CONTEXT keys each)."""
+    """The fastest KV cache dtype and attention path for a step of decodes beside a prefill chunk."""
     # The kernel serves fp32 and bf16 caches; for any other dtype its candidate becomes SDPA's.
     candidates = list(dict.fromkeys(AttentionChoice(d, n and d in FUNCTIONS) for d in kv_dtypes for n in natives))
     if len(candidates) == 1:
         return candidates[0]
-    kernel = load_decode_kernel() if any(natives) else None
-    timings = {c: _decode_seconds(args, c.kv_dtype, kernel if c.native else None) for c in candidates}
+    kernel = load_attention_kernel() if any(natives) else None
+    timings = {c: _step_seconds(args, c.kv_dtype, kernel if c.native else None) for c in candidates}
     best = min(timings, key=timings.__getitem__)
     log.info(
         "kernel_choice",
-        kind="decode_attention",
+        kind="attention",
         **{_label(c): round(s * 1e3, 2) for c, s in timings.items()},
         chosen=_label(best).removesuffix("_ms"),
     )
@@ -164,16 +164,20 @@ def _label(choice: AttentionChoice) -> str:
     return f"{'native' if choice.native else 'sdpa'}_{_dtype_name(choice.kv_dtype)}_ms"
 
 
-def _decode_seconds(args: ModelArgs, dtype: torch.dtype, kernel: DecodeKernel | None) -> float:
-    """One decode step's attention, every layer, for PROBE_SEQS sequences of PROBE_CONTEXT keys."""
-    blocks_per_seq = -(-PROBE_CONTEXT // PROBE_BLOCK)
-    cache = PagedKVCache(replace(args, n_layers=1), PROBE_SEQS * blocks_per_seq, PROBE_BLOCK, dtype=dtype, device="cpu")
+def _step_seconds(args: ModelArgs, dtype: torch.dtype, kernel: AttentionKernel | None) -> float:
+    """One step's attention, every layer: PROBE_SEQS decodes of PROBE_CONTEXT keys and a PROBE_CHUNK-token prefill."""
+    blocks_per_seq, chunk_blocks = -(-PROBE_CONTEXT // PROBE_BLOCK), -(-PROBE_CHUNK // PROBE_BLOCK)
+    num_blocks = PROBE_SEQS * blocks_per_seq + chunk_blocks
+    cache = PagedKVCache(replace(args, n_layers=1), num_blocks, PROBE_BLOCK, dtype=dtype, device="cpu")
     cache.k.normal_()
     cache.v.normal_()
     tables = [range(i * blocks_per_seq, (i + 1) * blocks_per_seq) for i in range(PROBE_SEQS)]
-    step = PagedAttention.build(cache, [SeqSlice(t, PROBE_CONTEXT - 1, 1) for t in tables], "cpu", kernel)
-    q = torch.randn(1, args.n_heads, PROBE_SEQS, args.head_dim)
-    k, v = (torch.randn(1, args.n_kv_heads, PROBE_SEQS, args.head_dim) for _ in range(2))
+    slices = [SeqSlice(t, PROBE_CONTEXT - 1, 1) for t in tables]
+    slices.append(SeqSlice(range(num_blocks - chunk_blocks, num_blocks), 0, PROBE_CHUNK))
+    step = PagedAttention.build(cache, slices, "cpu", kernel)
+    tokens = PROBE_SEQS + PROBE_CHUNK
+    q = torch.randn(1, args.n_heads, tokens, args.head_dim)
+    k, v = (torch.randn(1, args.n_kv_heads, tokens, args.head_dim) for _ in range(2))
     with torch.inference_mode():
         return median_seconds(lambda: [step.attend(0, q, k, v) for _ in range(args.n_layers)])
 

@@ -15,7 +15,7 @@ import torch
 from penstock.engine.block_manager import BlockManager
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
-from penstock.engine.native import load_decode_kernel
+from penstock.engine.native import load_attention_kernel
 from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StateRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
@@ -36,7 +36,7 @@ class EngineConfig:
     kv_cache_tokens: int = 32_768
     kv_dtype: torch.dtype | None = None  # None: the model's dtype
     prefix_caching: bool = True
-    native_attention: bool = False  # decodes through the native kernel (native.py), where it is built
+    native_attention: bool = False  # attention through the native kernel (native.py), where it is built
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -87,7 +87,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         # The kernel reads fp32 queries from CPU memory; any other model keeps SDPA.
         native = config.native_attention and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
-        self.runner = ModelRunner(loaded, self.cache, load_decode_kernel() if native else None)
+        self.runner = ModelRunner(loaded, self.cache, load_attention_kernel() if native else None)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
         per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)
@@ -96,7 +96,7 @@ class LLMEngine:
             tokens=num_blocks * config.block_size,
             bytes=num_blocks * config.block_size * per_token,
             dtype=str(kv_dtype).removeprefix("torch."),
-            decode_attention="native" if self.runner.decode_kernel else "sdpa",
+            attention="native" if self.runner.attention_kernel else "sdpa",
             max_concurrent_seqs=config.scheduler.max_num_seqs,
             full_context_seqs=num_blocks * config.block_size // loaded.args.max_seq_len,
         )

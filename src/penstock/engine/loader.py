@@ -18,9 +18,9 @@ from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
 
-# measure: quantized few-row kernels where they time faster on this CPU; measure-bf16: also a bf16
-# dense copy for many-row calls where that times faster (faster, less exact)
-Quantize = Literal["off", "on", "measure", "measure-bf16"]
+# on: int4 few-row kernels, untimed; measure: int4 few-row kernels and a bf16 dense copy for many-row
+# calls, each where it times faster on this CPU (kernel_choice)
+Quantize = Literal["off", "on", "measure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +54,8 @@ def load_chat_model(
     if torch.device(device).type == "cpu":
         if quantize == "on":
             quantize_layers(model)
-        elif quantize in ("measure", "measure-bf16"):
-            choose_weight_kernels(model, DENSE_DTYPES if quantize == "measure-bf16" else (torch.float32,))
+        elif quantize == "measure":
+            choose_weight_kernels(model, DENSE_DTYPES)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
 
 

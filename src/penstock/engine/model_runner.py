@@ -8,16 +8,18 @@ import torch
 from torch import Tensor
 
 from penstock.engine.loader import LoadedModel
-from penstock.engine.native import DecodeKernel
+from penstock.engine.native import AttentionKernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.engine.scheduler import Chunk
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, cache: PagedKVCache, decode_kernel: DecodeKernel | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, cache: PagedKVCache, attention_kernel: AttentionKernel | None = None
+    ) -> None:
         self.loaded = loaded
         self.cache = cache
-        self.decode_kernel = decode_kernel
+        self.attention_kernel = attention_kernel
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> Tensor:
@@ -28,6 +30,6 @@ class ModelRunner:
         ends = torch.tensor([c.length for c in chunks]).cumsum(0) - 1
         sampling = ends[torch.tensor([c.samples for c in chunks])]
         slices = [SeqSlice(c.seq.block_table, c.start, c.length) for c in chunks]
-        context = PagedAttention.build(self.cache, slices, device, self.decode_kernel)
+        context = PagedAttention.build(self.cache, slices, device, self.attention_kernel)
         ids = torch.tensor([tokens], device=device)
         return self.loaded.model(ids, positions.to(device), context, logits_at=sampling.to(device))[0]

@@ -2,7 +2,7 @@
 
 Compiling takes about a second and the result is kept under the user's cache directory, keyed by
 the source, the flags and the CPU's feature flags. Where no C compiler is found or compiling fails,
-`load_decode_kernel` returns None and the engine keeps its PyTorch path, which is also the path on
+`load_attention_kernel` returns None and the engine keeps its PyTorch path, which is also the path on
 CUDA. kernel_choice times the kernel against that path before the engine uses it.
 """
 
@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,28 +33,41 @@ _ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes
 
 
 @dataclass(frozen=True, slots=True)
-class DecodeRows:
-    """The step's single-query rows as the kernel reads them; int32 tensors, built once per step."""
+class QueryRows:
+    """Every query of a step as the kernel reads it; int32 tensors, built once per step.
 
-    rows: Tensor  # (n,) each row's token index in the step's flat batch
-    block_tables: Tensor  # the rows' block tables, concatenated
-    table_starts: Tensor  # (n,) where each row's table starts in block_tables
-    context_lens: Tensor  # (n,) keys each row sees, its own included
+    A prefill chunk's queries share their sequence's block table and differ in how many keys each
+    sees (causal: its own position and those before it).
+    """
+
+    rows: Tensor  # (n,) each query's token index in the step's flat batch
+    block_tables: Tensor  # the sequences' block tables, concatenated
+    table_starts: Tensor  # (n,) where each query's table starts in block_tables
+    context_lens: Tensor  # (n,) keys each query sees, its own included
 
     @classmethod
-    def build(cls, rows: list[int], tables: list[list[int]], context_lens: list[int]) -> DecodeRows:
-        starts = [0]
-        for table in tables[:-1]:
-            starts.append(starts[-1] + len(table))
-        flat = [block for table in tables for block in table]
+    def build(cls, sequences: Iterable[tuple[Sequence[int], int, int]]) -> QueryRows:
+        """From each sequence's (block table, first position in this step, tokens in this step), in batch order."""
+        flat: list[int] = []
+        starts: list[int] = []
+        context_lens: list[int] = []
+        for table, start, length in sequences:
+            starts += [len(flat)] * length
+            context_lens += range(start + 1, start + length + 1)
+            flat += table
+        rows = list(range(len(starts)))
         return cls(*(torch.tensor(x, dtype=torch.int32) for x in (rows, flat, starts, context_lens)))
 
     def __len__(self) -> int:
         return self.rows.numel()
 
 
-class DecodeKernel:
-    """Attention of one query per sequence over its paged keys and values (csrc/paged_attention.c)."""
+class AttentionKernel:
+    """Attention of each query over its sequence's paged keys and values (csrc/paged_attention.c).
+
+    Written for decodes (one query per sequence); a prefill chunk's queries go through it one row
+    each, which on a 2-core Zen 5 ran 1.7-2x faster than per-sequence SDPA for 128-512 tokens.
+    """
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._functions = {dtype: getattr(library, name) for dtype, name in FUNCTIONS.items()}
@@ -61,18 +75,18 @@ class DecodeKernel:
             function.argtypes = _ARGTYPES
             function.restype = ctypes.c_int
 
-    def __call__(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, decode: DecodeRows, out: Tensor) -> None:
+    def __call__(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, queries: QueryRows, out: Tensor) -> None:
         """q and out (tokens, n_heads, head_dim) fp32 contiguous; the caches one layer's blocks, contiguous."""
         _, block_size, n_kv, head_dim = k_cache.shape
         failed = self._functions[k_cache.dtype](
             q.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
-            decode.rows.data_ptr(),
-            decode.block_tables.data_ptr(),
-            decode.table_starts.data_ptr(),
-            decode.context_lens.data_ptr(),
-            len(decode),
+            queries.rows.data_ptr(),
+            queries.block_tables.data_ptr(),
+            queries.table_starts.data_ptr(),
+            queries.context_lens.data_ptr(),
+            len(queries),
             q.shape[1],
             n_kv,
             head_dim,
@@ -81,18 +95,18 @@ class DecodeKernel:
             out.data_ptr(),
         )
         if failed:
-            raise MemoryError("the decode attention kernel could not allocate its scratch memory")
+            raise MemoryError("the attention kernel could not allocate its scratch memory")
 
 
 @functools.cache
-def load_decode_kernel() -> DecodeKernel | None:
+def load_attention_kernel() -> AttentionKernel | None:
     """The compiled kernel, or None where it cannot be built here (logged once)."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         log.info("native_kernel_unavailable", reason="no C compiler (cc) on PATH")
         return None
     try:
-        return DecodeKernel(ctypes.CDLL(str(_compiled(compiler))))
+        return AttentionKernel(ctypes.CDLL(str(_compiled(compiler))))
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("native_kernel_unavailable", reason=str(exc)[:500])
         return None

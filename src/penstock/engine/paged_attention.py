@@ -5,9 +5,9 @@ per sequence: its blocks are gathered with one index_select and one SDPA call se
 Measured on a 2-core CPU, that beats padding the batch into one masked SDPA call by 3-4x: padding
 gathers and attends over every sequence's longest neighbour.
 
-On the CPU, where kernel_choice measured it faster, the single-query rows (decodes) go instead to
-the native kernel (native.py), which reads keys and values in place through the block tables:
-one call per layer for all of them. Prefill chunks keep SDPA, whose matmuls suit many queries.
+On the CPU, where kernel_choice measured it faster, every query goes instead to the native kernel
+(native.py), which reads keys and values in place through the block tables: one call per layer for
+the whole step, decodes and prefill chunks alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import DecodeKernel, DecodeRows
+from penstock.engine.native import AttentionKernel, QueryRows
 
 
 class PagedKVCache:
@@ -69,32 +69,34 @@ class PagedAttention:
 
     cache: PagedKVCache
     slot_mapping: Tensor  # (T,) flat slot (block * block_size + offset) of each new token
-    views: tuple[SeqView, ...]  # what SDPA serves: every sequence, or with a kernel the multi-query chunks
-    kernel: DecodeKernel | None = None
-    decode: DecodeRows | None = None  # with a kernel, the single-query rows it serves
+    views: tuple[SeqView, ...]  # what SDPA serves: every sequence, where there is no kernel
+    kernel: AttentionKernel | None = None
+    queries: QueryRows | None = None  # with a kernel: every query of the step, for it
 
     @classmethod
     def build(
-        cls, cache: PagedKVCache, slices: Seq[SeqSlice], device: torch.device | str, kernel: DecodeKernel | None = None
+        cls,
+        cache: PagedKVCache,
+        slices: Seq[SeqSlice],
+        device: torch.device | str,
+        kernel: AttentionKernel | None = None,
     ) -> PagedAttention:
         bs = cache.block_size
-        views, slots, offset = [], [], 0
-        decode: tuple[list[int], list[list[int]], list[int]] = ([], [], [])
+        views, slots, tables, offset = [], [], [], 0
         for s in slices:
             context = s.start + s.length
             table = list(s.block_table[: -(-context // bs)])
             blocks = torch.tensor(table, dtype=torch.long)
             positions = torch.arange(s.start, context)
             slots.append(blocks[positions // bs] * bs + positions % bs)
-            if kernel is not None and s.length == 1:
-                for part, value in zip(decode, (offset, table, context), strict=True):
-                    part.append(value)
+            if kernel is not None:
+                tables.append((table, s.start, s.length))
             else:
                 mask = torch.arange(context)[None, :] <= positions[:, None] if s.length > 1 else None
                 views.append(SeqView(slice(offset, offset + s.length), blocks.to(device), context, _to(mask, device)))
             offset += s.length
-        rows = DecodeRows.build(*decode) if decode[0] else None
-        return cls(cache, torch.cat(slots).to(device), tuple(views), kernel if rows else None, rows)
+        queries = QueryRows.build(tables) if kernel is not None else None
+        return cls(cache, torch.cat(slots).to(device), tuple(views), kernel, queries)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (1, H, T, D), k and v (1, H_kv, T, D) for the step's flat tokens → (1, H, T, D)."""
@@ -103,22 +105,13 @@ class PagedAttention:
         # A cache narrower than the model (bf16 under fp32) halves the bytes attention reads.
         k_cache.view(-1, n_kv, head_dim).index_copy_(0, self.slot_mapping, k[0].transpose(0, 1).to(k_cache.dtype))
         v_cache.view(-1, n_kv, head_dim).index_copy_(0, self.slot_mapping, v[0].transpose(0, 1).to(v_cache.dtype))
-        if self.kernel is not None and self.decode is not None:
-            return self._attend_native(q, k_cache, v_cache, self.kernel, self.decode)
+        if self.kernel is not None and self.queries is not None:
+            _, n_heads, tokens, _ = q.shape
+            out = torch.empty(tokens, n_heads, head_dim, dtype=q.dtype)
+            self.kernel(q[0].transpose(0, 1).contiguous(), k_cache, v_cache, self.queries, out)
+            return out.transpose(0, 1)[None]
         q = q.to(k_cache.dtype)
         return torch.cat([self._one(view, q, k_cache, v_cache) for view in self.views], dim=2).to(k.dtype)
-
-    def _attend_native(
-        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, kernel: DecodeKernel, decode: DecodeRows
-    ) -> Tensor:
-        """The kernel writes the decode rows of `out`, SDPA the chunks' rows; `out` is (T, H, D)."""
-        _, n_heads, tokens, head_dim = q.shape
-        out = torch.empty(tokens, n_heads, head_dim, dtype=q.dtype)
-        kernel(q[0].transpose(0, 1).contiguous(), k_cache, v_cache, decode, out)
-        narrow_q = q.to(k_cache.dtype) if self.views else q  # a decode-only step has no chunk to convert for
-        for view in self.views:
-            out[view.queries] = self._one(view, narrow_q, k_cache, v_cache)[0].transpose(0, 1).to(out.dtype)
-        return out.transpose(0, 1)[None]
 
     @staticmethod
     def _one(view: SeqView, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:

@@ -5,7 +5,9 @@ kernel (groups of 32, bf16 activations; an eighth of fp32's bytes) wins there, w
 wins from about 8-16 rows up (batched decode, prefill). The hybrid layers keep both and pick per call.
 For a GGUF whose weights are Q4_0/Q4_1 (groups of 32) the int4 copy holds the same 4-bit grid, so
 little is lost beyond bf16 rounding. The output head, which picks the token, gets per-channel
-int8 instead: a quarter of fp32's bytes, with ranking errors far rarer than 4 bits would make.
+int8 instead, and its few best candidates per row are then scored again with the exact fp32 weight:
+int8 and bf16 logits come out rounded to bf16 (steps of 0.125 at a logit of 20), and on SmolLM2 that
+rounding, not the 4-bit body, was most of the quantized model's distance from fp32.
 Whether any of this wins depends on the CPU's kernels: kernel_choice measures it at load.
 """
 
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 
 GROUP = 32
 FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU; kernel_choice measures it per layer
+RESCORED = 16  # the head's candidates per row whose logits are recomputed from the fp32 weight
 
 
 class HybridLinear(nn.Module):
@@ -69,8 +72,16 @@ class HybridInt4Linear(HybridLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP, self.scales_zeros)
 
 
-class HybridInt8Linear(HybridLinear):
-    """Per-output-channel int8 weights for few-row calls; the fp32 weight (shared when tied) for the rest."""
+class HybridHead(HybridLinear):
+    """The output head: per-channel int8 weights for few-row calls, the dense path for the rest, and
+    every row's RESCORED best candidates scored again exactly from the fp32 weight (shared when tied).
+
+    Measured on SmolLM2 over real text against fp32 (teacher-forced, 2,048 positions), rescoring
+    took the int4 model's KL divergence from 0.0029 to 0.0004 and its top-1 agreement from 96.0% to
+    98.8%; with bf16 dense layers, from 0.0008 to 0.0003 and 97.9% to 99.2%. The greedy token is
+    exact whenever fp32's choice is among the approximate top RESCORED, and sampling sees exact
+    logits where nearly all the probability lies.
+    """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
@@ -79,8 +90,23 @@ class HybridInt8Linear(HybridLinear):
         self.register_buffer("int8", torch.round(weight / scales[:, None]).to(torch.int8), persistent=False)
         self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
 
+    def forward(self, x: Tensor) -> Tensor:
+        logits = super().forward(x)
+        rows = logits.numel() // logits.shape[-1]
+        if rows == 0 or (rows >= self.few_rows and self.dense is None):
+            return logits  # the fp32 weight itself served them
+        return rescore_top(logits, x, self.weight)
+
     def few_row_forward(self, x: Tensor) -> Tensor:
         return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.int8, self.scales)
+
+
+def rescore_top(logits: Tensor, x: Tensor, weight: Tensor, k: int = RESCORED) -> Tensor:
+    """`logits` with each row's k largest recomputed as fp32 dot products of `x` with their weight rows."""
+    flat, hidden = logits.reshape(-1, logits.shape[-1]), x.reshape(-1, x.shape[-1], 1)
+    top = flat.topk(min(k, flat.shape[-1]), dim=-1).indices  # (rows, k)
+    exact = torch.bmm(weight[top], hidden.to(weight.dtype)).squeeze(-1).to(flat.dtype)
+    return flat.scatter(-1, top, exact).view(logits.shape)
 
 
 def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,7 +126,7 @@ Swap = tuple[nn.Module, str, HybridLinear]  # (parent, attribute, replacement)
 
 
 def hybrid_swaps(model: nn.Module) -> list[Swap]:
-    """The blocks' linear layers as int4 hybrids and the output head as an int8 one, not yet swapped in."""
+    """The blocks' linear layers as int4 hybrids and the output head as a HybridHead, not yet swapped in."""
     swaps: list[Swap] = []
     for block in model.layers:
         for parent in (block.attention, block.feed_forward):
@@ -108,7 +134,7 @@ def hybrid_swaps(model: nn.Module) -> list[Swap]:
                 if isinstance(child, nn.Linear) and child.in_features % GROUP == 0:
                     swaps.append((parent, name, HybridInt4Linear(child)))
     if isinstance(model.output, nn.Linear):
-        swaps.append((model, "output", HybridInt8Linear(model.output)))
+        swaps.append((model, "output", HybridHead(model.output)))
     return swaps
 
 

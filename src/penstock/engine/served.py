@@ -19,7 +19,7 @@ from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.loader import Quantize, load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import load_decode_kernel
+from penstock.engine.native import load_attention_kernel
 from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
@@ -83,17 +83,18 @@ class ServedModel(ChatCodec):
 
 
 def quantization(weights: str, path: Path) -> Quantize:
-    """auto: a 4-bit GGUF gets the int4 kernels where they time faster (its weights already lie on their grid)."""
+    """auto: a 4-bit GGUF gets the int4 and bf16 kernels where they time faster (its weights already lie
+    on the int4 grid, and with its head rescored in fp32, bf16 layers stay nearer fp32 than int4 ones)."""
     if weights == "auto":
         return "measure" if path.suffix == ".gguf" and has_4bit_layers(path) else "off"
-    return {"int4": "on", "int4-bf16": "measure-bf16"}.get(weights, "off")
+    return {"int4": "on", "int4-bf16": "measure"}.get(weights, "off")
 
 
 def choose_attention(kv_setting: str, kernel_setting: str, args: ModelArgs, dtype: torch.dtype) -> AttentionChoice:
     """The KV cache dtype and decode path the settings ask for; `auto` ones timed on this CPU."""
     kv_dtypes = KV_DTYPES if kv_setting == "auto" else (DTYPES[kv_setting],)
     # The kernel reads fp32 queries; a bf16 model keeps SDPA. "native" still falls back where it cannot build.
-    buildable = dtype == torch.float32 and kernel_setting != "sdpa" and load_decode_kernel() is not None
+    buildable = dtype == torch.float32 and kernel_setting != "sdpa" and load_attention_kernel() is not None
     natives = {"auto": (False, True), "native": (True,), "sdpa": (False,)}[kernel_setting] if buildable else (False,)
     return choose_attention_by_timing(args, kv_dtypes, natives)
 

@@ -80,7 +80,9 @@ DEFINE_DOT(dot_bf16, uint16_t, load_bf16, load8_bf16, load16_bf16)
 /* scores[h][j] = q_h·k_j · scale for every head and key. With AVX-512, sixteen keys at a time: each
  * key's products stay in a register of 16 partial sums, and one transpose-and-add turns the sixteen
  * registers into one register of sixteen scores (about 3 operations per score, against 8 for a
- * reduction per key). Keys past the end repeat the first; their lanes are not stored. */
+ * reduction per key). Keys past the end repeat the first; their lanes are not stored. A bf16 cache's
+ * sixteen keys are widened to fp32 once per KV head, into `tile` (L1), not once per query head: with
+ * GQA, widening for every head cost more than the multiplications. */
 #ifdef __AVX512F__
 static inline __m512 sum16x16(__m512 v[16]) {
     __m512 a[8], b[4];
@@ -94,8 +96,10 @@ static inline __m512 sum16x16(__m512 v[16]) {
     const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
     return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
 }
-#define SCORES_WIDE(T, LOAD16)                                                                       \
-    if (head_dim % 16 == 0) {                                                                        \
+#define MAX_TILED_HEAD_DIM 256
+#define SCORES_WIDE(T, LOAD16, WIDEN)                                                                \
+    if (head_dim % 16 == 0 && head_dim <= MAX_TILED_HEAD_DIM) {                                      \
+        float tile[16 * MAX_TILED_HEAD_DIM];                                                         \
         for (int j0 = 0; j0 < ctx; j0 += 16) {                                                       \
             const int n = ctx - j0 < 16 ? ctx - j0 : 16;                                             \
             const __mmask16 lanes = n == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);        \
@@ -104,28 +108,37 @@ static inline __m512 sum16x16(__m512 v[16]) {
                 const int j = j0 + (t < n ? t : 0);                                                  \
                 keys[t] = k_cache + ((int64_t)table[j / block_size] * block_size + j % block_size) * token_stride; \
             }                                                                                        \
-            for (int h = 0; h < n_heads; h++) {                                                      \
-                const float *qh = q + (int64_t)h * head_dim;                                         \
-                const int64_t head = (int64_t)(h / group) * head_dim;                                \
-                __m512 acc[16];                                                                      \
-                for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();                           \
-                for (int d = 0; d < head_dim; d += 16) {                                             \
-                    const __m512 qd = _mm512_loadu_ps(qh + d);                                       \
-                    for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(qd, LOAD16(keys[t] + head + d), acc[t]); \
+            for (int g = 0; g < n_heads / group; g++) {                                              \
+                const int64_t head = (int64_t)g * head_dim;                                          \
+                if (WIDEN)                                                                           \
+                    for (int t = 0; t < 16; t++)                                                     \
+                        for (int d = 0; d < head_dim; d += 16)                                       \
+                            _mm512_storeu_ps(tile + t * head_dim + d, LOAD16(keys[t] + head + d));   \
+                for (int h = g * group; h < (g + 1) * group; h++) {                                  \
+                    const float *qh = q + (int64_t)h * head_dim;                                     \
+                    __m512 acc[16];                                                                  \
+                    for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();                       \
+                    for (int d = 0; d < head_dim; d += 16) {                                         \
+                        const __m512 qd = _mm512_loadu_ps(qh + d);                                   \
+                        for (int t = 0; t < 16; t++)                                                 \
+                            acc[t] = _mm512_fmadd_ps(                                                \
+                                qd, WIDEN ? _mm512_loadu_ps(tile + t * head_dim + d) : LOAD16(keys[t] + head + d), \
+                                acc[t]);                                                             \
+                    }                                                                                \
+                    _mm512_mask_storeu_ps(scores + (int64_t)h * ctx + j0, lanes,                     \
+                                          _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale)));      \
                 }                                                                                    \
-                _mm512_mask_storeu_ps(scores + (int64_t)h * ctx + j0, lanes,                         \
-                                      _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale)));         \
             }                                                                                        \
         }                                                                                            \
         return;                                                                                      \
     }
 #else
-#define SCORES_WIDE(T, LOAD16)
+#define SCORES_WIDE(T, LOAD16, WIDEN)
 #endif
-#define DEFINE_SCORES(NAME, T, DOT, LOAD16)                                                          \
+#define DEFINE_SCORES(NAME, T, DOT, LOAD16, WIDEN)                                                   \
     static void NAME(const float *q, const T *k_cache, const int32_t *table, int ctx, int n_heads, int group, \
                      int head_dim, int block_size, int64_t token_stride, float scale, float *scores) { \
-        SCORES_WIDE(T, LOAD16)                                                                       \
+        SCORES_WIDE(T, LOAD16, WIDEN)                                                                \
         for (int j = 0, b = 0; j < ctx; b++) { /* a block's keys are one contiguous run */          \
             const T *k = k_cache + (int64_t)table[b] * block_size * token_stride;                    \
             for (int t = 0; t < block_size && j < ctx; t++, j++, k += token_stride)                  \
@@ -134,39 +147,49 @@ static inline __m512 sum16x16(__m512 v[16]) {
                         DOT(q + (int64_t)h * head_dim, k + (int64_t)(h / group) * head_dim, head_dim) * scale; \
         }                                                                                            \
     }
-DEFINE_SCORES(scores_f32, float, dot_f32, load16_f32)
-DEFINE_SCORES(scores_bf16, uint16_t, dot_bf16, load16_bf16)
+DEFINE_SCORES(scores_f32, float, dot_f32, load16_f32, 0)
+DEFINE_SCORES(scores_bf16, uint16_t, dot_bf16, load16_bf16, 1)
 
-/* out_h = Σ_j p_h[j]·v_j for every head. With AVX-512 and head_dim a multiple of 64, one head's 64
- * output lanes stay in four registers for the whole context and V is read per head of a GQA group
- * (from L2: a sequence's values for one layer fit there); otherwise the accumulators live in `acc`
- * and go through L1 for every key. */
+/* out_h = Σ_j p_h[j]·v_j for every head. With AVX-512 and head_dim a multiple of 64, each 64 output
+ * lanes stay in four registers per head for the whole context. For a GQA group of up to four heads
+ * (the group size a compile-time constant, so the accumulators stay in registers), each value is
+ * loaded and widened once for the whole group; other groups read it per head, from L2 (a sequence's
+ * values for one layer fit there). Without AVX-512 the accumulators live in `acc` and go through L1
+ * for every key. */
 #ifdef __AVX512F__
-#define PV_WIDE(T, LOAD16)                                                                           \
-    if (head_dim % 64 == 0) {                                                                        \
-        for (int h = 0; h < n_heads; h++) {                                                          \
-            const float *ph = scores + (int64_t)h * ctx;                                             \
-            for (int d0 = 0; d0 < head_dim; d0 += 64) {                                              \
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                          \
-                for (int j = 0, b = 0; j < ctx; b++) {                                               \
-                    const T *v = v_cache + (int64_t)table[b] * block_size * token_stride             \
-                                 + (int64_t)(h / group) * head_dim + d0;                             \
-                    for (int t = 0; t < block_size && j < ctx; t++, j++, v += token_stride) {        \
-                        const __m512 p = _mm512_set1_ps(ph[j]);                                      \
-                        a0 = _mm512_fmadd_ps(p, LOAD16(v), a0);                                      \
-                        a1 = _mm512_fmadd_ps(p, LOAD16(v + 16), a1);                                 \
-                        a2 = _mm512_fmadd_ps(p, LOAD16(v + 32), a2);                                 \
-                        a3 = _mm512_fmadd_ps(p, LOAD16(v + 48), a3);                                 \
+#define PV_GROUP(T, LOAD16, G)                                                                       \
+    for (int g = 0; g < n_heads / (G); g++) {                                                        \
+        const float *pg = scores + (int64_t)g * (G) * ctx;                                           \
+        for (int d0 = 0; d0 < head_dim; d0 += 64) {                                                  \
+            __m512 a[G][4];                                                                          \
+            for (int i = 0; i < (G); i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = _mm512_setzero_ps(); \
+            for (int j = 0, b = 0; j < ctx; b++) {                                                   \
+                const T *v = v_cache + (int64_t)table[b] * block_size * token_stride                 \
+                             + (int64_t)(g * (G) / group) * head_dim + d0;                           \
+                for (int t = 0; t < block_size && j < ctx; t++, j++, v += token_stride) {            \
+                    const __m512 v0 = LOAD16(v), v1 = LOAD16(v + 16), v2 = LOAD16(v + 32), v3 = LOAD16(v + 48); \
+                    for (int i = 0; i < (G); i++) {                                                  \
+                        const __m512 p = _mm512_set1_ps(pg[(int64_t)i * ctx + j]);                   \
+                        a[i][0] = _mm512_fmadd_ps(p, v0, a[i][0]);                                   \
+                        a[i][1] = _mm512_fmadd_ps(p, v1, a[i][1]);                                   \
+                        a[i][2] = _mm512_fmadd_ps(p, v2, a[i][2]);                                   \
+                        a[i][3] = _mm512_fmadd_ps(p, v3, a[i][3]);                                   \
                     }                                                                                \
                 }                                                                                    \
-                float *ah = acc + (int64_t)h * head_dim + d0;                                        \
-                _mm512_storeu_ps(ah, a0);                                                            \
-                _mm512_storeu_ps(ah + 16, a1);                                                       \
-                _mm512_storeu_ps(ah + 32, a2);                                                       \
-                _mm512_storeu_ps(ah + 48, a3);                                                       \
             }                                                                                        \
+            for (int i = 0; i < (G); i++)                                                            \
+                for (int c = 0; c < 4; c++)                                                          \
+                    _mm512_storeu_ps(acc + (int64_t)(g * (G) + i) * head_dim + d0 + 16 * c, a[i][c]); \
         }                                                                                            \
-        return;                                                                                      \
+    }
+#define PV_WIDE(T, LOAD16)                                                                           \
+    if (head_dim % 64 == 0) {                                                                        \
+        switch (group) {                                                                             \
+        case 2: PV_GROUP(T, LOAD16, 2) return;                                                       \
+        case 3: PV_GROUP(T, LOAD16, 3) return;                                                       \
+        case 4: PV_GROUP(T, LOAD16, 4) return;                                                       \
+        default: PV_GROUP(T, LOAD16, 1) return; /* one head at a time: the values' KV head from g / group */ \
+        }                                                                                            \
     }
 #else
 #define PV_WIDE(T, LOAD16)
