@@ -26,6 +26,15 @@ def test_the_result_has_every_figure_and_is_json(result: EngineBenchResult) -> N
     assert all(figures[k] > 0 for k in REQUIRED if k.endswith(("_tok_s", "_ttft_s", "_ratio", "_speedup")))
 
 
+def test_fidelity_to_fp32_is_reported_for_both_weight_paths(result: EngineBenchResult) -> None:
+    assert result.quantized  # the shipped GGUF is 4-bit: auto swaps in the hybrid layers
+    for kl, top1 in (
+        (result.few_row_kl_vs_fp32, result.few_row_top1_vs_fp32),
+        (result.dense_kl_vs_fp32, result.dense_top1_vs_fp32),
+    ):
+        assert 0 <= kl < 0.01 and 0.95 < top1 <= 1
+
+
 def test_a_small_cache_preempts_and_fails_nothing(result: EngineBenchResult) -> None:
     assert result.preemptions > 0 and result.failed_requests == 0
 

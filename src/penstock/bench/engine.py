@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from penstock.bench import engine_side, hf_baseline
+from penstock.bench.fidelity import Fidelity, measure_fidelity
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
 from penstock.engine.kernel_choice import AttentionChoice
@@ -88,6 +89,12 @@ class EngineBenchResult:
     weights: str
     quantized: bool  # what `weights` came to: the hybrid quantized kernels in use
     dense_weights: str  # the dtype the engine's many-row matmuls ran in (bf16 where that timed faster)
+    # Teacher-forced against the exact fp32 weights on real text (bench/fidelity.py): the quantized
+    # kernels that decodes use, and the dense copies that prefill and busy steps use; 0 and 1 when exact.
+    few_row_kl_vs_fp32: float
+    few_row_top1_vs_fp32: float
+    dense_kl_vs_fp32: float
+    dense_top1_vs_fp32: float
     kv_dtype: str  # what the KV cache dtype setting came to
     attention: str  # what the attention setting came to: native or sdpa
     torch_threads: int
@@ -111,9 +118,12 @@ def run_engine_bench(options: BenchOptions, progress: Progress | None = None) ->
     progress.advance()
     workload = build_workload(options.spec, loaded.tokenizer, options.seed)
     ours = _engine_side(loaded, workload, options, progress)
+    progress.phase("penstock, fidelity to fp32", 1)
+    fidelity = measure_fidelity(loaded, ("few_rows", "dense"), options.seed)
+    progress.advance()
     eos = loaded.tokenizer.eos_token_ids[0]
     peers = [_hf_side(path, dtype, workload, options.spec.hf_batches, eos, progress) for dtype in options.hf_dtypes]
-    return _result(options, loaded, workload, ours, peers)
+    return _result(options, loaded, workload, ours, peers, fidelity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +176,12 @@ def _hf_side(
 
 
 def _result(
-    options: BenchOptions, loaded: LoadedModel, workload: Workload, ours: _EngineFigures, peers: list[_HFFigures]
+    options: BenchOptions,
+    loaded: LoadedModel,
+    workload: Workload,
+    ours: _EngineFigures,
+    peers: list[_HFFigures],
+    fidelity: dict[str, Fidelity],
 ) -> EngineBenchResult:
     peer = max(peers, key=lambda p: p.runs[0].tok_s)
     hybrids = [m for m in loaded.model.modules() if isinstance(m, HybridLinear)]
@@ -205,6 +220,10 @@ def _result(
         weights=options.weights,
         quantized=bool(hybrids),
         dense_weights=str(hybrids[0].dense_dtype if hybrids else loaded.dtype).removeprefix("torch."),
+        few_row_kl_vs_fp32=fidelity["few_rows"].kl_divergence,
+        few_row_top1_vs_fp32=fidelity["few_rows"].top1_agreement,
+        dense_kl_vs_fp32=fidelity["dense"].kl_divergence,
+        dense_top1_vs_fp32=fidelity["dense"].top1_agreement,
         kv_dtype=str(ours.attention.kv_dtype).removeprefix("torch."),
         attention="native" if ours.attention.native else "sdpa",
         torch_threads=torch.get_num_threads(),

@@ -153,6 +153,13 @@ def _table(r: EngineBenchResult) -> Table:
         "preemptions / failed / ended at eos", f"{r.preemptions} / {r.failed_requests} / {r.engine_early_stops}", "", ""
     )
     table.add_row("KV cache (tokens)", f"{r.kv_cache_tokens:,}", "", "")
+    table.add_row(
+        "against fp32: KL (nats) / top-1, decode | dense paths",
+        f"{r.few_row_kl_vs_fp32:.4f} / {r.few_row_top1_vs_fp32:.1%} | "
+        f"{r.dense_kl_vs_fp32:.4f} / {r.dense_top1_vs_fp32:.1%}",
+        "",
+        "",
+    )
     return table
 
 

@@ -13,6 +13,11 @@ Whether any of this wins depends on the CPU's kernels: kernel_choice measures it
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -147,3 +152,26 @@ def apply_swaps(swaps: list[Swap]) -> int:
 def quantize_layers(model: nn.Module) -> int:
     """Swap in the hybrid layers; the number swapped."""
     return apply_swaps(hybrid_swaps(model))
+
+
+Route = Literal["exact", "few_rows", "dense"]
+
+
+@contextmanager
+def every_call_through(model: nn.Module, route: Route) -> Iterator[None]:
+    """Route every hybrid layer's calls one way, whatever their rows, and restore the routing after.
+
+    exact: the fp32 weights (the reference); few_rows: the quantized kernels (what decodes use);
+    dense: the dense copies (what prefill and busy decode steps use). For measuring fidelity.
+    """
+    layers = [m for m in model.modules() if isinstance(m, HybridLinear)]
+    saved = [(layer.few_rows, layer.dense) for layer in layers]
+    for layer in layers:
+        layer.few_rows = sys.maxsize if route == "few_rows" else 0
+        if route == "exact":
+            layer.dense = None
+    try:
+        yield
+    finally:
+        for layer, (few_rows, dense) in zip(layers, saved, strict=True):
+            layer.few_rows, layer.dense = few_rows, dense
