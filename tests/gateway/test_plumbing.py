@@ -1,7 +1,8 @@
-"""Request ids, CORS and shutdown."""
+"""Request ids, CORS, start-up and shutdown."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -52,3 +53,13 @@ async def test_a_stream_past_the_grace_period_ends_with_an_error(app: FastAPI, c
     assert json.loads(events[-2])["error"]["code"] == "shutting_down"
     content = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-2]]
     assert len([c for c in content if c]) <= 1  # it stopped at once, not after 200 tokens
+
+
+async def test_what_start_up_built_is_frozen_until_the_app_stops(
+    database_url: str, served: dict[str, ServedModel], registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """Frozen, start-up's objects stay out of the collector's full passes; unfrozen, a stopped app can be freed."""
+    app = build_app(Settings(home=tmp_path, admin_key=ADMIN_KEY, database_url=database_url), served, registry)
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
