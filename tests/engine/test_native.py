@@ -98,3 +98,20 @@ def test_a_chunks_queries_share_its_table_and_each_sees_keys_up_to_its_own() -> 
     assert queries.block_tables.tolist() == [7, 1, 2]
     assert queries.table_starts.tolist() == [0, 1, 1, 1]
     assert queries.context_lens.tolist() == [5, 17, 18, 19]
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_a_long_chunk_goes_in_tiles_and_each_query_sees_only_the_keys_before_it(
+    kernel: AttentionKernel, dtype: torch.dtype, tolerance: float
+) -> None:
+    """Many tiles, the last one partial, over a context already half cached: causal inside the chunk."""
+    torch.manual_seed(2)
+    cache = PagedKVCache(ARGS, 64, BLOCK, dtype=dtype, device="cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    slices = [SeqSlice(list(range(63, 63 - 20, -1)), 97, 203)]  # positions 97-299, blocks in reverse
+    q = torch.randn(1, ARGS.n_heads, 203, ARGS.head_dim)
+    k, v = (torch.randn(1, ARGS.n_kv_heads, 203, ARGS.head_dim) for _ in range(2))
+    expected = PagedAttention.build(cache, slices, "cpu").attend(0, q, k, v)
+    got = PagedAttention.build(cache, slices, "cpu", kernel).attend(0, q, k, v)
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)

@@ -1,11 +1,12 @@
-/* Decode attention read straight from the paged KV cache: one query token per sequence.
+/* Attention read straight from the paged KV cache, for every query of a step: decodes one query at
+ * a time, a prefill chunk's queries in tiles (see "A prefill chunk's queries" below).
  *
  * The PyTorch path gathers each sequence's blocks into a contiguous copy and calls SDPA once per
  * sequence and layer: for a batch of decodes that is dozens of small ops per sequence and a copy of
  * every key and value. This reads each key and value once, in place, through the block table.
  * A block holds block_size tokens × n_kv heads × head_dim contiguously, so a sequence's keys are
  * read as a few long runs, which the CPU's prefetcher streams; every query head is served from
- * that one read (GQA included). It is bound by memory bandwidth, as decode attention must be.
+ * that one read (GQA included). A decode is bound by memory bandwidth, as decode attention must be.
  *
  * Sequences are spread over threads with OpenMP; the library links the libgomp that PyTorch
  * loaded, so both share one thread pool and torch.set_num_threads governs both.
@@ -14,6 +15,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define MAX_TILED_HEAD_DIM 256 /* the widest head the register-tiled paths take */
 
 static inline float load_f32(const float *p, int i) { return p[i]; }
 static inline float load_bf16(const uint16_t *p, int i) {
@@ -47,6 +50,58 @@ static inline __m512 load16_bf16(const uint16_t *p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
+#endif
+
+/* One name per vector operation, so the register-tiled paths below are written once for AVX-512
+ * (VL = 16 lanes, 32 registers) and AVX2 (VL = 8, 16 registers). */
+#if defined(__AVX512F__)
+typedef __m512 vec;
+typedef __mmask16 vmask;
+#define VL 16
+#define NV_MOST 4
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vset1 _mm512_set1_ps
+#define vzero _mm512_setzero_ps
+#define vfma _mm512_fmadd_ps
+#define vsub _mm512_sub_ps
+#define vadd _mm512_add_ps
+#define vmul _mm512_mul_ps
+#define vdiv _mm512_div_ps
+#define vexp exp16
+#define vload_f32 load16_f32
+#define vload_bf16 load16_bf16
+static inline vmask vbelow(const int32_t *limit, int j) { /* lanes whose limit is above j */
+    return _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(limit), _mm512_set1_epi32(j));
+}
+static inline vec vmax_where(vmask m, vec a, vec b) { return _mm512_mask_max_ps(a, m, a, b); }
+static inline vec vkeep(vmask m, vec a) { return _mm512_maskz_mov_ps(m, a); }
+#elif defined(__AVX2__)
+typedef __m256 vec;
+typedef __m256 vmask;
+#define VL 8
+#define NV_MOST 2
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vset1 _mm256_set1_ps
+#define vzero _mm256_setzero_ps
+#define vfma _mm256_fmadd_ps
+#define vsub _mm256_sub_ps
+#define vadd _mm256_add_ps
+#define vmul _mm256_mul_ps
+#define vdiv _mm256_div_ps
+#define vexp exp8
+#define vload_f32 load8_f32
+#define vload_bf16 load8_bf16
+static inline vmask vbelow(const int32_t *limit, int j) {
+    const __m256i lim = _mm256_loadu_si256((const __m256i *)limit);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(j)));
+}
+static inline vec vmax_where(vmask m, vec a, vec b) { return _mm256_blendv_ps(a, _mm256_max_ps(a, b), m); }
+static inline vec vkeep(vmask m, vec a) { return _mm256_and_ps(m, a); }
+#endif
+
+#ifdef __AVX512F__
 #define DOT_WIDE(T, LOAD16)                                                                          \
     if (n % 16 == 0) {                                                                               \
         __m512 acc = _mm512_setzero_ps();                                                            \
@@ -96,7 +151,6 @@ static inline __m512 sum16x16(__m512 v[16]) {
     const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
     return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
 }
-#define MAX_TILED_HEAD_DIM 256
 #define SCORES_WIDE(T, LOAD16, WIDEN)                                                                \
     if (head_dim % 16 == 0 && head_dim <= MAX_TILED_HEAD_DIM) {                                      \
         float tile[16 * MAX_TILED_HEAD_DIM];                                                         \
@@ -287,22 +341,219 @@ static void softmax(float *s, int n) {
     for (j = 0; j < n; j++) s[j] *= inverse;
 }
 
+/* A prefill chunk's queries, many at a time. Attending one query at a time, each query reads its
+ * whole context again and every score is a head_dim-long reduction: about 13 GFLOP/s for a 512-token
+ * chunk on a 2-core Zen 5. Here the (query, head) rows of consecutive queries that share a KV head go
+ * together, as in a GEMM: the tile's queries are transposed once (qt: head_dim × TILE_ROWS) and each key
+ * is broadcast against TILE_ROWS / VL registers of queries, so scores come out VL rows to a register;
+ * softmax runs VL rows to a register too (each row's causal limit is a lane compare); probabilities
+ * times values keeps four rows × NV_MOST registers of output lanes in registers for the whole context.
+ * The scores stay transposed (st: keys × TILE_ROWS), so no step needs a horizontal sum. The same code
+ * serves AVX-512 (VL = 16, 32 registers) and AVX2 (VL = 8, 16 registers) through the few v* names. */
+
+#ifdef VL
+#define TILE_ROWS (4 * VL)
+#define TILED(head_dim, group) ((head_dim) % VL == 0 && (head_dim) <= MAX_TILED_HEAD_DIM && TILE_ROWS / (group) >= 2)
+
+/* st[j][m] = keys[j]·qt[:, m] for NJ keys and MV registers of rows. */
+#define DEFINE_TILE_QK(MV, NJ)                                                                       \
+    static void tile_qk_##MV(const float *qt, const float *const *keys, int head_dim, float *st) {   \
+        vec acc[NJ][MV];                                                                             \
+        for (int j = 0; j < (NJ); j++)                                                               \
+            for (int v = 0; v < (MV); v++) acc[j][v] = vzero();                                      \
+        for (int d = 0; d < head_dim; d++) {                                                         \
+            vec qd[MV];                                                                              \
+            for (int v = 0; v < (MV); v++) qd[v] = vload(qt + (int64_t)d * TILE_ROWS + VL * v);      \
+            for (int j = 0; j < (NJ); j++) {                                                         \
+                const vec kj = vset1(keys[j][d]);                                                    \
+                for (int v = 0; v < (MV); v++) acc[j][v] = vfma(kj, qd[v], acc[j][v]);               \
+            }                                                                                        \
+        }                                                                                            \
+        for (int j = 0; j < (NJ); j++)                                                               \
+            for (int v = 0; v < (MV); v++) vstore(st + (int64_t)j * TILE_ROWS + VL * v, acc[j][v]);  \
+    }
+/* keys per call: the accumulators take about three quarters of the vector registers */
+#if VL == 16
+DEFINE_TILE_QK(1, 16)
+DEFINE_TILE_QK(2, 12)
+DEFINE_TILE_QK(3, 8)
+DEFINE_TILE_QK(4, 6)
+static const int TILE_KEYS[5] = {0, 16, 12, 8, 6};
+#else
+DEFINE_TILE_QK(1, 12)
+DEFINE_TILE_QK(2, 6)
+DEFINE_TILE_QK(3, 4)
+DEFINE_TILE_QK(4, 3)
+static const int TILE_KEYS[5] = {0, 12, 6, 4, 3};
+#endif
+
+/* Each row's softmax over its own keys (row m sees limit[m]); exponentials left in st, 1/sum in inv. */
+static void tile_softmax(float *st, const int32_t *limit, int mv, int ctx, float *inv) {
+    for (int v = 0; v < mv; v++) {
+        vec top = vset1(-INFINITY), sum = vzero();
+        for (int j = 0; j < ctx; j++)
+            top = vmax_where(vbelow(limit + VL * v, j), top, vload(st + (int64_t)j * TILE_ROWS + VL * v));
+        for (int j = 0; j < ctx; j++) {
+            float *s = st + (int64_t)j * TILE_ROWS + VL * v;
+            const vec e = vkeep(vbelow(limit + VL * v, j), vexp(vsub(vload(s), top)));
+            vstore(s, e);
+            sum = vadd(sum, e);
+        }
+        vstore(inv + VL * v, vdiv(vset1(1.0f), sum));
+    }
+}
+
+/* out rows m0..m0+3 (those below n_rows), NV registers of lanes from d0: Σ_j st[j][m]·v_j, times inv[m]. */
+#define DEFINE_TILE_PV(NAME, T, LOAD, NV)                                                            \
+    static void NAME(const float *st, const float *inv, const T *v_cache, const int32_t *table, int ctx, \
+                     int block_size, int64_t token_stride, int64_t head_offset, int d0, int m0,      \
+                     int n_rows, float *const *out_rows) {                                           \
+        vec acc[4][NV];                                                                              \
+        for (int r = 0; r < 4; r++)                                                                  \
+            for (int n = 0; n < (NV); n++) acc[r][n] = vzero();                                      \
+        for (int j = 0, b = 0; j < ctx; b++) {                                                       \
+            const T *v = v_cache + (int64_t)table[b] * block_size * token_stride + head_offset + d0; \
+            for (int t = 0; t < block_size && j < ctx; t++, j++, v += token_stride) {                \
+                vec vv[NV];                                                                          \
+                for (int n = 0; n < (NV); n++) vv[n] = LOAD(v + VL * n);                             \
+                const float *p = st + (int64_t)j * TILE_ROWS + m0;                                   \
+                for (int r = 0; r < 4; r++) {                                                        \
+                    const vec pr = vset1(p[r]);                                                      \
+                    for (int n = 0; n < (NV); n++) acc[r][n] = vfma(pr, vv[n], acc[r][n]);           \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < 4 && m0 + r < n_rows; r++)                                               \
+            for (int n = 0; n < (NV); n++)                                                           \
+                vstore(out_rows[m0 + r] + d0 + VL * n, vmul(acc[r][n], vset1(inv[m0 + r])));         \
+    }
+typedef uint16_t bf16;
+DEFINE_TILE_PV(tile_pv_float_1, float, vload_f32, 1)
+DEFINE_TILE_PV(tile_pv_float_2, float, vload_f32, 2)
+DEFINE_TILE_PV(tile_pv_bf16_1, bf16, vload_bf16, 1)
+DEFINE_TILE_PV(tile_pv_bf16_2, bf16, vload_bf16, 2)
+#if NV_MOST == 4
+DEFINE_TILE_PV(tile_pv_float_3, float, vload_f32, 3)
+DEFINE_TILE_PV(tile_pv_float_4, float, vload_f32, 4)
+DEFINE_TILE_PV(tile_pv_bf16_3, bf16, vload_bf16, 3)
+DEFINE_TILE_PV(tile_pv_bf16_4, bf16, vload_bf16, 4)
+#define TILE_PV_WIDE(T, ARGS)                                                                        \
+    case 3: tile_pv_##T##_3 ARGS; break;                                                             \
+    case 4: tile_pv_##T##_4 ARGS; break;
+#else
+#define TILE_PV_WIDE(T, ARGS)
+#endif
+#define TILE_PV(T, nv, ARGS)                                                                         \
+    switch (nv) {                                                                                    \
+    case 1: tile_pv_##T##_1 ARGS; break;                                                             \
+    case 2: tile_pv_##T##_2 ARGS; break;                                                             \
+    TILE_PV_WIDE(T, ARGS)                                                                            \
+    }
+
+/* The tile of nq consecutive queries from q (query i sees c0 + i keys), every KV head in turn. A bf16
+ * cache's keys are widened once per call into `tile`. Returns nonzero if malloc failed. */
+#define DEFINE_TILE(NAME, T, LOAD, WIDEN)                                                            \
+    static int NAME(const float *q, const T *k_cache, const T *v_cache, const int32_t *table, int nq, int c0, \
+                    int n_heads, int group, int head_dim, int block_size, int64_t token_stride, float scale, \
+                    float *out) {                                                                    \
+        const int ctx = c0 + nq - 1, n_rows = nq * group, mv = (n_rows + VL - 1) / VL, nj = TILE_KEYS[mv]; \
+        const int64_t query_stride = (int64_t)n_heads * head_dim;                                    \
+        float *qt = malloc(sizeof(float) * ((size_t)head_dim * TILE_ROWS + (size_t)(ctx + 16) * TILE_ROWS)); \
+        if (!qt) return 1;                                                                           \
+        memset(qt, 0, sizeof(float) * (size_t)head_dim * TILE_ROWS); /* rows past the tile's: zeros */ \
+        float *st = qt + (int64_t)head_dim * TILE_ROWS, tile[16 * MAX_TILED_HEAD_DIM], inv[TILE_ROWS]; \
+        int32_t limit[TILE_ROWS];                                                                    \
+        float *out_rows[TILE_ROWS];                                                                  \
+        for (int m = 0; m < TILE_ROWS; m++) limit[m] = m < n_rows ? c0 + m / group : ctx;            \
+        for (int g = 0; g < n_heads / group; g++) {                                                  \
+            const int64_t head_offset = (int64_t)g * head_dim;                                       \
+            for (int m = 0; m < n_rows; m++) {                                                       \
+                const int64_t at = (int64_t)(m / group) * query_stride + (int64_t)(g * group + m % group) * head_dim; \
+                for (int d = 0; d < head_dim; d++) qt[(int64_t)d * TILE_ROWS + m] = q[at + d] * scale; \
+                out_rows[m] = out + at;                                                              \
+            }                                                                                        \
+            for (int j0 = 0; j0 < ctx; j0 += nj) {                                                   \
+                const float *keys[16];                                                               \
+                for (int t = 0; t < nj; t++) {                                                       \
+                    const int j = j0 + t < ctx ? j0 + t : j0; /* past the end: any key, masked later */ \
+                    const T *k = k_cache + head_offset                                               \
+                                 + ((int64_t)table[j / block_size] * block_size + j % block_size) * token_stride; \
+                    keys[t] = (const float *)k;                                                      \
+                    if (WIDEN) {                                                                     \
+                        for (int d = 0; d < head_dim; d += VL) vstore(tile + t * head_dim + d, LOAD(k + d)); \
+                        keys[t] = tile + t * head_dim;                                               \
+                    }                                                                                \
+                }                                                                                    \
+                float *s = st + (int64_t)j0 * TILE_ROWS;                                             \
+                switch (mv) {                                                                        \
+                case 1: tile_qk_1(qt, keys, head_dim, s); break;                                     \
+                case 2: tile_qk_2(qt, keys, head_dim, s); break;                                     \
+                case 3: tile_qk_3(qt, keys, head_dim, s); break;                                     \
+                default: tile_qk_4(qt, keys, head_dim, s); break;                                    \
+                }                                                                                    \
+            }                                                                                        \
+            tile_softmax(st, limit, mv, ctx, inv);                                                   \
+            for (int d0 = 0; d0 < head_dim; d0 += VL * NV_MOST) {                                    \
+                const int nv = head_dim - d0 >= VL * NV_MOST ? NV_MOST : (head_dim - d0) / VL;       \
+                for (int m0 = 0; m0 < n_rows; m0 += 4)                                               \
+                    TILE_PV(T, nv, (st, inv, v_cache, table, ctx, block_size, token_stride, head_offset, d0, m0, \
+                                    n_rows, out_rows))                                               \
+            }                                                                                        \
+        }                                                                                            \
+        free(qt);                                                                                    \
+        return 0;                                                                                    \
+    }
+DEFINE_TILE(tile_f32, float, vload_f32, 0)
+DEFINE_TILE(tile_bf16, bf16, vload_bf16, 1)
+#else /* no vector unit: every row goes alone, and the tiles are never called */
+#define TILED(head_dim, group) 0
+#define TILE_ROWS 1
+#define tile_f32(...) 1
+#define tile_bf16(...) 1
+#endif
+
 /* q, out: (tokens, n_heads, head_dim), fp32; row r's query is token rows[r].
  * k_cache, v_cache: one layer, (num_blocks, block_size, n_kv, head_dim).
  * Row r sees context_lens[r] keys, through the block ids at block_tables + table_starts[r].
+ * Consecutive rows of one prefill chunk (consecutive tokens, one table, one more key each) go through
+ * the tiled path together; decodes and everything else one row at a time.
  * Returns nonzero if scratch memory could not be allocated. */
-#define DEFINE_DECODE(NAME, T, SCORES, PV)                                                                       \
+static int one_tile(int r, int n_rows, const int32_t *rows, const int32_t *table_starts, const int32_t *context_lens,
+                    int most) {
+    int n = 1;
+    while (n < most && r + n < n_rows && rows[r + n] == rows[r] + n && table_starts[r + n] == table_starts[r]
+           && context_lens[r + n] == context_lens[r] + n)
+        n++;
+    return n;
+}
+
+#define DEFINE_ATTEND(NAME, T, SCORES, PV, TILE)                                                                 \
     int NAME(const float *q, const T *k_cache, const T *v_cache, const int32_t *rows,                     \
              const int32_t *block_tables, const int32_t *table_starts, const int32_t *context_lens,       \
              int n_rows, int n_heads, int n_kv, int head_dim, int block_size, float scale, float *out) {  \
         const int group = n_heads / n_kv;                                                                 \
         const int64_t token_stride = (int64_t)n_kv * head_dim;                                            \
-        int failed = 0;                                                                                   \
+        const int64_t query_stride = (int64_t)n_heads * head_dim;                                         \
+        const int most = TILED(head_dim, group) ? TILE_ROWS / group : 1;                                  \
+        int32_t *firsts = malloc(sizeof(int32_t) * 2 * (size_t)n_rows), n_tiles = 0, failed = 0;          \
+        if (!firsts) return 1;                                                                            \
+        int32_t *sizes = firsts + n_rows;                                                                 \
+        for (int r = 0; r < n_rows; r += sizes[n_tiles++]) {                                              \
+            firsts[n_tiles] = r;                                                                          \
+            sizes[n_tiles] = one_tile(r, n_rows, rows, table_starts, context_lens, most);                 \
+        }                                                                                                 \
         _Pragma("omp parallel for schedule(dynamic)")                                                     \
-        for (int r = 0; r < n_rows; r++) {                                                                \
-            const int ctx = context_lens[r];                                                              \
+        for (int i = 0; i < n_tiles; i++) {                                                               \
+            const int r = firsts[i], ctx = context_lens[r];                                               \
             const int32_t *table = block_tables + table_starts[r];                                        \
-            const float *qr = q + (int64_t)rows[r] * n_heads * head_dim;                                  \
+            const float *qr = q + (int64_t)rows[r] * query_stride;                                        \
+            float *outr = out + (int64_t)rows[r] * query_stride;                                          \
+            if (sizes[i] > 1) {                                                                           \
+                if (TILE(qr, k_cache, v_cache, table, sizes[i], ctx, n_heads, group, head_dim, block_size, \
+                         token_stride, scale, outr))                                                      \
+                    failed = 1;                                                                           \
+                continue;                                                                                 \
+            }                                                                                             \
             float *scores = malloc(sizeof(float) * (size_t)n_heads * (size_t)ctx); /* (n_heads, ctx) */  \
             if (!scores) {                                                                                \
                 failed = 1;                                                                               \
@@ -310,12 +561,12 @@ static void softmax(float *s, int n) {
             }                                                                                             \
             SCORES(qr, k_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride, scale, scores); \
             for (int h = 0; h < n_heads; h++) softmax(scores + (int64_t)h * ctx, ctx);                      \
-            PV(scores, v_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride,           \
-               out + (int64_t)rows[r] * n_heads * head_dim);                                              \
+            PV(scores, v_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride, outr);    \
             free(scores);                                                                                 \
         }                                                                                                 \
+        free(firsts);                                                                                     \
         return failed;                                                                                    \
     }
 
-DEFINE_DECODE(paged_decode_f32, float, scores_f32, pv_f32)
-DEFINE_DECODE(paged_decode_bf16, uint16_t, scores_bf16, pv_bf16)
+DEFINE_ATTEND(paged_decode_f32, float, scores_f32, pv_f32, tile_f32)
+DEFINE_ATTEND(paged_decode_bf16, uint16_t, scores_bf16, pv_bf16, tile_bf16)
