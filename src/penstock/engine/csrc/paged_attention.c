@@ -342,14 +342,16 @@ static void softmax(float *s, int n) {
 }
 
 /* A prefill chunk's queries, many at a time. Attending one query at a time, each query reads its
- * whole context again and every score is a head_dim-long reduction: about 13 GFLOP/s for a 512-token
- * chunk on a 2-core Zen 5. Here the (query, head) rows of consecutive queries that share a KV head go
- * together, as in a GEMM: the tile's queries are transposed once (qt: head_dim × TILE_ROWS) and each key
- * is broadcast against TILE_ROWS / VL registers of queries, so scores come out VL rows to a register;
+ * whole context again and every score is a head_dim-long reduction. Here the (query, head) rows of
+ * consecutive queries that share a KV head go together, as in a GEMM: the tile's queries are
+ * transposed once (qt: head_dim × TILE_ROWS) and each key is broadcast against TILE_ROWS / VL
+ * registers of queries, so scores come out VL rows to a register;
  * softmax runs VL rows to a register too (each row's causal limit is a lane compare); probabilities
  * times values keeps four rows × NV_MOST registers of output lanes in registers for the whole context.
  * The scores stay transposed (st: keys × TILE_ROWS), so no step needs a horizontal sum. The same code
- * serves AVX-512 (VL = 16, 32 registers) and AVX2 (VL = 8, 16 registers) through the few v* names. */
+ * serves AVX-512 (VL = 16, 32 registers) and AVX2 (VL = 8, 16 registers) through the few v* names.
+ * On a 2-core Zen 3 (AVX2), SmolLM2's attention over a 512-token chunk took 5-9 ms a layer tiled and
+ * 12-21 ms one query at a time (SDPA on a gathered copy: 7-12 ms). */
 
 #ifdef VL
 #define TILE_ROWS (4 * VL)
