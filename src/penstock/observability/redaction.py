@@ -118,7 +118,7 @@ _CARD = re.compile(
     r"\d{13,19}"
     r"|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}"
     r"|\d{4}(?P<amex>[ -])\d{6}(?P=amex)\d{4,5}"  # Amex and Diners: 4-6-5 and 4-6-4
-    r")(?![\w-]|\.\d)",
+    r")(?!\w|-\w|\.\d)",  # a dash before a word or digit joins an id; before a space or the end, it is loose
     re.ASCII,
 )
 _CARD_FLOOR = 10**12  # the smallest 13-digit number
