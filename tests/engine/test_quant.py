@@ -7,7 +7,16 @@ from torch import nn
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import load_chat_model
-from penstock.engine.quant import FEW_ROWS, GROUP, RESCORED, HybridHead, HybridInt4Linear, quantize_layers
+from penstock.engine.quant import (
+    FEW_ROWS,
+    GROUP,
+    RESCORED,
+    HybridHead,
+    HybridInt4Linear,
+    dense_copy,
+    dense_linear,
+    quantize_layers,
+)
 from penstock.engine.sampler import request_rng
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Sequence
@@ -59,6 +68,18 @@ def test_the_crossover_and_a_bf16_dense_copy_route_each_call() -> None:
     assert torch.allclose(dense, linear(many), rtol=0.02, atol=0.02)
     hybrid.use_dense(torch.float32)  # back to the exact fp32 weight, no copy kept
     assert hybrid.dense is None and torch.equal(hybrid(many), linear(many))
+
+
+def test_a_bf16_dense_copy_is_blocked_once_for_onednn_and_gives_the_same_bits() -> None:
+    weight = four_bit_linear(96, 128).weight.detach()
+    packed = dense_copy(weight, torch.bfloat16)
+    assert packed.is_mkldnn == torch.backends.mkldnn.is_available()  # this machine's torch has oneDNN
+    assert not dense_copy(weight, torch.float32).is_mkldnn  # fp32 keeps the plain weight's layout
+    gen = torch.Generator().manual_seed(5)
+    for shape in ((7, 128), (2, 5, 128), (1, 1, 128), (0, 128)):
+        x = torch.randn(shape, generator=gen).bfloat16()
+        got = dense_linear(x, packed)
+        assert got.shape == (*shape[:-1], 96) and torch.equal(got, F.linear(x, weight.bfloat16()))
 
 
 def test_head_rescores_its_best_candidates_exactly_and_is_exact_on_many_rows() -> None:
