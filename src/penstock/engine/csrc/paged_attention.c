@@ -50,8 +50,6 @@ static inline __m512 load16_bf16(const uint16_t *p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
-#endif
-
 
 /* Ask for a sequence's next block while this one is worked on. Blocks lie anywhere in the cache, so
  * the hardware prefetcher, which follows a run only once it has seen it start, stalls at every block;
@@ -64,6 +62,7 @@ static inline __m512 load16_bf16(const uint16_t *p) {
         for (int64_t o = 0; o < (int64_t)block_size * token_stride * (int64_t)sizeof(*(cache)); o += 64) \
             _mm_prefetch(next + o, _MM_HINT_T2);                                                      \
     }
+#endif
 
 /* One name per vector operation, so the register-tiled paths below are written once for AVX-512
  * (VL = 16 lanes, 32 registers) and AVX2 (VL = 8, 16 registers). */
