@@ -13,9 +13,10 @@ import structlog
 import torch
 
 from penstock.engine.block_manager import BlockManager
+from penstock.engine.fused_decode import FusedDecode
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
-from penstock.engine.native import load_attention_kernel
+from penstock.engine.native import load_attention_kernel, load_layer_steps
 from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StateRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
@@ -87,7 +88,10 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         # The kernel reads fp32 queries from CPU memory; any other model keeps SDPA.
         native = config.native_attention and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
-        self.runner = ModelRunner(loaded, self.cache, load_attention_kernel() if native else None)
+        kernel, fused = (
+            (load_attention_kernel(), FusedDecode.build(loaded.model, load_layer_steps())) if native else (None, None)
+        )
+        self.runner = ModelRunner(loaded, self.cache, kernel, fused if kernel is not None else None)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
         per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)

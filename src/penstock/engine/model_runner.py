@@ -7,6 +7,7 @@ from collections.abc import Sequence as Seq
 import torch
 from torch import Tensor
 
+from penstock.engine.fused_decode import FusedDecode
 from penstock.engine.loader import LoadedModel
 from penstock.engine.native import AttentionKernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
@@ -15,11 +16,16 @@ from penstock.engine.scheduler import Chunk
 
 class ModelRunner:
     def __init__(
-        self, loaded: LoadedModel, cache: PagedKVCache, attention_kernel: AttentionKernel | None = None
+        self,
+        loaded: LoadedModel,
+        cache: PagedKVCache,
+        attention_kernel: AttentionKernel | None = None,
+        fused: FusedDecode | None = None,
     ) -> None:
         self.loaded = loaded
         self.cache = cache
         self.attention_kernel = attention_kernel
+        self.fused = fused  # few-row steps of an int4 model, where it applies (fused_decode.py)
 
     @torch.inference_mode()
     def run(self, chunks: Seq[Chunk]) -> Tensor:
@@ -32,4 +38,6 @@ class ModelRunner:
         slices = [SeqSlice(c.seq.block_table, c.start, c.length) for c in chunks]
         context = PagedAttention.build(self.cache, slices, device, self.attention_kernel)
         ids = torch.tensor([tokens], device=device)
+        if self.fused is not None and self.fused.applies(len(tokens), context):
+            return self.fused.forward(ids, positions, context, sampling)[0]
         return self.loaded.model(ids, positions.to(device), context, logits_at=sampling.to(device))[0]

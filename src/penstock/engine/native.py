@@ -1,9 +1,10 @@
 """Native CPU kernels: C sources shipped in the package, compiled for this CPU on first use.
 
-Compiling takes about a second and the result is kept under the user's cache directory, keyed by
-the source, the flags and the CPU's feature flags. Where no C compiler is found or compiling fails,
-`load_attention_kernel` returns None and the engine keeps its PyTorch path, which is also the path on
-CUDA. kernel_choice times the kernel against that path before the engine uses it.
+Compiling takes about a second and the library is kept under the user's cache directory, keyed by
+the sources, the flags and the CPU's feature flags. Where no C compiler is found or compiling fails,
+`load_attention_kernel` and `load_layer_steps` return None and the engine keeps its PyTorch path,
+which is also the path on CUDA. kernel_choice times the attention kernel against that path before
+the engine uses it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 log = structlog.get_logger("penstock.engine")
-SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+CSRC = Path(__file__).parent / "csrc"
 # -march=native: the library is built on, and cached for, the CPU that runs it. No -ffast-math: in a
 # shared library it would switch the whole process's floats to flush-to-zero.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
@@ -98,29 +99,110 @@ class AttentionKernel:
             raise MemoryError("the attention kernel could not allocate its scratch memory")
 
 
-@functools.cache
+class LayerSteps:
+    """The steps between a layer's int4 matmuls for few-row steps (csrc/decode_layer.c); see fused_decode.py.
+
+    Tensors are CPU and contiguous; bf16 ones are what the int4 kernel reads and writes.
+    """
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._add_rms_norm = library.add_rms_norm
+        self._add_rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_float, ctypes.c_void_p]
+        self._add_rms_norm.argtypes += [ctypes.c_int]
+        self._add_rms_norm.restype = None
+        self._rope_attend = {torch.float32: library.rope_attend_f32, torch.bfloat16: library.rope_attend_bf16}
+        for function in self._rope_attend.values():
+            function.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p]
+            function.restype = ctypes.c_int
+        self._silu_mul = library.silu_mul
+        self._silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        self._silu_mul.restype = None
+
+    def add_rms_norm(self, x: Tensor, delta: Tensor | None, weight: Tensor, eps: float, out: Tensor) -> None:
+        """x (rows, dim) fp32 += delta (bf16, or None); out (bf16 or fp32) = rms_norm(x) · weight."""
+        rows, dim = x.shape
+        delta_ptr = None if delta is None else delta.data_ptr()
+        bf16 = out.dtype == torch.bfloat16
+        self._add_rms_norm(x.data_ptr(), delta_ptr, weight.data_ptr(), rows, dim, eps, out.data_ptr(), bf16)
+
+    def rope_attend(
+        self,
+        qkv: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        slots: Tensor,
+        queries: QueryRows,
+        out: Tensor,
+    ) -> None:
+        """qkv (rows, (heads + 2 kv heads) · head_dim) bf16 → out (rows, heads · head_dim) bf16, with this
+        step's keys and values written to one layer's caches at `slots` (int64) on the way."""
+        _, block_size, n_kv, head_dim = k_cache.shape
+        n_heads = out.shape[1] // head_dim
+        failed = self._rope_attend[k_cache.dtype](
+            qkv.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            slots.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            queries.rows.data_ptr(),
+            queries.block_tables.data_ptr(),
+            queries.table_starts.data_ptr(),
+            queries.context_lens.data_ptr(),
+            len(queries),
+            n_heads,
+            n_kv,
+            head_dim,
+            block_size,
+            head_dim**-0.5,
+            out.data_ptr(),
+        )
+        if failed:
+            raise MemoryError("the attention kernel could not allocate its scratch memory")
+
+    def silu_mul(self, gate_up: Tensor, out: Tensor) -> None:
+        """gate_up (rows, 2 · hidden) bf16, gate first → out (rows, hidden) bf16 = silu(gate) · up."""
+        rows, hidden = out.shape
+        self._silu_mul(gate_up.data_ptr(), rows, hidden, out.data_ptr())
+
+
 def load_attention_kernel() -> AttentionKernel | None:
-    """The compiled kernel, or None where it cannot be built here (logged once)."""
+    """The compiled attention kernel, or None where it cannot be built here (logged once)."""
+    library = _library()
+    return None if library is None else AttentionKernel(library)
+
+
+def load_layer_steps() -> LayerSteps | None:
+    """The compiled steps between a layer's int4 matmuls, or None where they cannot be built here."""
+    library = _library()
+    return None if library is None else LayerSteps(library)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         log.info("native_kernel_unavailable", reason="no C compiler (cc) on PATH")
         return None
     try:
-        return AttentionKernel(ctypes.CDLL(str(_compiled(compiler))))
+        return ctypes.CDLL(str(_compiled(compiler)))
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("native_kernel_unavailable", reason=str(exc)[:500])
         return None
 
 
 def _compiled(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags()]))
-    target = _cache_dir() / f"paged_attention-{key.hexdigest()[:16]}.so"
+    sources = sorted(CSRC.glob("*.c"))
+    texts = [path.read_bytes() for path in sorted(CSRC.iterdir()) if path.suffix in (".c", ".h")]
+    key = hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags()]))
+    target = _cache_dir() / f"penstock-kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.tmp")
         result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True, timeout=120
+            [compiler, *FLAGS, *map(str, sources), "-o", str(partial)], capture_output=True, text=True, timeout=120
         )
         if result.returncode != 0:
             raise subprocess.SubprocessError(f"{compiler} failed: {result.stderr}")

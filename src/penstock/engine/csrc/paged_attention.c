@@ -18,39 +18,9 @@
 
 #define MAX_TILED_HEAD_DIM 256 /* the widest head the register-tiled paths take */
 
-static inline float load_f32(const float *p, int i) { return p[i]; }
-static inline float load_bf16(const uint16_t *p, int i) {
-    uint32_t bits = (uint32_t)p[i] << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
+#include "vector_math.h"
 
-/* q·k over head_dim. The sum stays in a vector register until one final reduction; the compiler's
- * own vectorization spills it to the stack for every key, which costs more than the multiplications.
- * head_dim is a multiple of 16 in every Llama-family model; others take the AVX2 or portable loop. */
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#ifdef __AVX2__
-static inline float hsum(__m256 v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8_bf16(const uint16_t *p) {
-    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-#endif
 #ifdef __AVX512F__
-static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16_bf16(const uint16_t *p) {
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
 /* Ask for a sequence's next block while this one is worked on. Blocks lie anywhere in the cache, so
  * the hardware prefetcher, which follows a run only once it has seen it start, stalls at every block;
  * and a decode, one query against its whole context, has too little arithmetic to hide that. Into L2
@@ -113,6 +83,9 @@ static inline vec vmax_where(vmask m, vec a, vec b) { return _mm256_blendv_ps(a,
 static inline vec vkeep(vmask m, vec a) { return _mm256_and_ps(m, a); }
 #endif
 
+/* q·k over head_dim. The sum stays in a vector register until one final reduction; the compiler's
+ * own vectorization spills it to the stack for every key, which costs more than the multiplications.
+ * head_dim is a multiple of 16 in every Llama-family model; others take the AVX2 or portable loop. */
 #ifdef __AVX512F__
 #define DOT_WIDE(T, LOAD16)                                                                          \
     if (n % 16 == 0) {                                                                               \
@@ -283,47 +256,8 @@ DEFINE_SCORES(scores_bf16, uint16_t, dot_bf16, load16_bf16, 1)
 DEFINE_PV(pv_f32, float, load_f32, load16_f32)
 DEFINE_PV(pv_bf16, uint16_t, load_bf16, load16_bf16)
 
-/* Softmax in place, the maximum subtracted for range. libm's expf is scalar (its vector forms need
- * -ffast-math, which a shared library must not use), and with one exponential per key and head it
- * cost more than the dot products; so e^x is computed here, 16 or 8 lanes at a time: x = n·ln2 + r,
- * e^r by its degree-6 Taylor polynomial (|r| ≤ ln2/2, relative error about 2e-7), times 2^n.
- * Inputs are ≤ 0 and clamped at -87, where e^x is already below any sum's rounding. */
-#ifdef __AVX512F__
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2 in two parts */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-#endif
-#ifdef __AVX2__
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
-}
-#endif
-
+/* Softmax in place, the maximum subtracted for range; with one exponential per key and head, e^x is
+ * vector_math.h's (libm's scalar expf cost more than the dot products). */
 static void softmax(float *s, int n) {
     float top = s[0];
     for (int j = 1; j < n; j++) top = s[j] > top ? s[j] : top;
