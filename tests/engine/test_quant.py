@@ -7,6 +7,7 @@ from torch import nn
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import load_chat_model
+from penstock.engine.native import load_int4_matmul
 from penstock.engine.quant import (
     FEW_ROWS,
     GROUP,
@@ -15,6 +16,9 @@ from penstock.engine.quant import (
     HybridInt4Linear,
     dense_copy,
     dense_linear,
+    int4_grid,
+    pack_int4,
+    pack_int4_bf16,
     quantize_layers,
 )
 from penstock.engine.sampler import request_rng
@@ -45,6 +49,54 @@ def test_few_rows_use_int4_and_match_fp32_to_bf16_precision() -> None:
     assert got.dtype == torch.float32
     assert torch.allclose(got, expected, rtol=0.02, atol=0.02)
     assert not torch.equal(got, expected)  # it really took the int4 path
+
+
+def cpu_has_avx512_bf16() -> bool:
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    return {"avx512_bf16", "avx512bw"} <= set(flags.split())
+
+
+def test_few_rows_take_the_native_kernel_exactly_where_the_cpu_has_avx512_bf16() -> None:
+    hybrid = HybridInt4Linear(four_bit_linear())
+    assert (load_int4_matmul() is not None) == cpu_has_avx512_bf16()
+    assert (hybrid.native is not None) == cpu_has_avx512_bf16()
+
+
+def test_the_native_layout_holds_the_int4_grid() -> None:
+    weight = four_bit_linear(32, 64).weight.detach()
+    q, scale, low = int4_grid(weight)
+    packed, scales, lows = pack_int4_bf16(weight)
+    assert packed.shape == (2, 16, 16, 2) and scales.shape == lows.shape == (2, 2, 16)
+    for tile, c, i, j in [(0, 0, 0, 0), (1, 3, 5, 1), (1, 15, 15, 1), (0, 9, 9, 0)]:
+        byte = int(packed[tile, c, i, j])
+        assert byte & 0x0F == q[16 * tile + i, 4 * c + j]
+        assert byte >> 4 == q[16 * tile + i, 4 * c + 2 + j]
+    assert torch.equal(scales[1, :, 3], scale[19].half()) and torch.equal(lows[0, :, 7], low[7].half())
+
+
+def test_the_native_kernel_computes_what_pytorchs_int4_kernel_computes() -> None:
+    """bf16 in and out, fp32 sums of exact products over its fp16 scales, and at least as near the exact
+    dequantized weights as PyTorch's kernel with its bf16 scales."""
+    kernel = load_int4_matmul()
+    if kernel is None:
+        assert not cpu_has_avx512_bf16()  # PyTorch's kernel serves this CPU (the test above)
+        return
+    weight = four_bit_linear(96, 256).weight.detach()
+    q, scale, low = int4_grid(weight)
+
+    def dequantized(scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return (q.view(96, -1, GROUP) * scale[..., None] + low[..., None]).view(96, 256)
+
+    exact, as_stored = dequantized(scale, low), dequantized(scale.half().float(), low.half().float())
+    pytorch_int4 = pack_int4(weight)
+    for rows in (1, 2, 3, 4, 5, 9):  # the kernel's tiles take 1-4 rows at a time
+        x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        got = kernel(x, *pack_int4_bf16(weight))
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, 96)
+        torch.testing.assert_close(got.float(), (x.float() @ as_stored.T).bfloat16().float(), rtol=2**-7, atol=1e-5)
+        pytorchs = torch.ops.aten._weight_int4pack_mm_for_cpu(x, pytorch_int4[0], GROUP, pytorch_int4[1]).float()
+        expected = x.float() @ exact.T
+        assert (got.float() - expected).abs().mean() <= (pytorchs - expected).abs().mean()
 
 
 def test_many_rows_use_the_exact_fp32_weights() -> None:

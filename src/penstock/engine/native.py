@@ -168,6 +168,35 @@ class LayerSteps:
         self._silu_mul(gate_up.data_ptr(), rows, hidden, out.data_ptr())
 
 
+class Int4Matmul:
+    """x·Wᵀ for a few rows against 4-bit weights with AVX-512 BF16 (csrc/int4_matmul.c; quant.pack_int4_bf16)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._function = library.int4_matmul
+        self._function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
+        self._function.argtypes += [ctypes.c_int, ctypes.c_void_p]
+        self._function.restype = ctypes.c_int
+
+    def __call__(self, x: Tensor, packed: Tensor, scales: Tensor, lows: Tensor) -> Tensor:
+        """x (rows, in_features) bf16 contiguous → (rows, out_features) bf16."""
+        rows, in_features = x.shape
+        out_features = scales.shape[0] * scales.shape[2]
+        out = torch.empty(rows, out_features, dtype=torch.bfloat16)
+        failed = self._function(
+            x.data_ptr(),
+            rows,
+            in_features,
+            packed.data_ptr(),
+            scales.data_ptr(),
+            lows.data_ptr(),
+            out_features,
+            out.data_ptr(),
+        )
+        if failed:
+            raise MemoryError("the int4 kernel could not allocate its scratch memory")
+        return out
+
+
 def load_attention_kernel() -> AttentionKernel | None:
     """The compiled attention kernel, or None where it cannot be built here (logged once)."""
     library = _library()
@@ -178,6 +207,15 @@ def load_layer_steps() -> LayerSteps | None:
     """The compiled steps between a layer's int4 matmuls, or None where they cannot be built here."""
     library = _library()
     return None if library is None else LayerSteps(library)
+
+
+@functools.cache
+def load_int4_matmul() -> Int4Matmul | None:
+    """The native int4 kernel, or None where it cannot be built here or this CPU lacks AVX-512 BF16."""
+    library = _library()
+    if library is None or not library.int4_matmul_available():
+        return None
+    return Int4Matmul(library)
 
 
 @functools.cache

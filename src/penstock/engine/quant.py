@@ -1,8 +1,9 @@
 """Weight-only quantized linear layers for the CPU, used where they are measured to win.
 
-A forward with few rows (single-stream decode) is bound by reading the weights, so the int4
+A forward with few rows (single-stream decode) is bound by reading the weights, so an int4
 kernel (groups of 32, bf16 activations; an eighth of fp32's bytes) wins there, while a dense GEMM
-wins from about 8-16 rows up (batched decode, prefill). The hybrid layers keep both and pick per call.
+wins from about 8-32 rows up (batched decode, prefill). The int4 kernel is csrc/int4_matmul.c where
+the CPU has AVX-512 BF16, else PyTorch's. The hybrid layers keep both and pick per call.
 For a GGUF whose weights are Q4_0/Q4_1 (groups of 32) the int4 copy holds the same 4-bit grid, so
 little is lost beyond bf16 rounding. The output head, which picks the token, gets per-channel
 int8 instead, and its few best candidates per row are then scored again with the exact fp32 weight:
@@ -22,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from penstock.engine.native import load_int4_matmul
+
 GROUP = 32
 FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU; kernel_choice measures it per layer
 PACK_ROWS = 64  # the rows oneDNN's weight layout is blocked for: a busy decode step (1-512 all ran alike)
 RESCORED = 16  # the head's candidates per row whose logits are recomputed from the fp32 weight
+NATIVE_TILE = 16  # outputs per row tile of native.Int4Matmul
 
 
 class HybridLinear(nn.Module):
@@ -68,14 +72,25 @@ class HybridLinear(nn.Module):
 
 
 class HybridInt4Linear(HybridLinear):
+    """Few rows through native.Int4Matmul where this CPU has AVX-512 BF16, else PyTorch's int4 kernel;
+    bf16 in and out either way, the same sum."""
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
-        packed, scales_zeros = pack_int4(linear.weight.detach())
+        weight = linear.weight.detach()
+        self.native = load_int4_matmul() if weight.device.type == "cpu" and weight.shape[0] % NATIVE_TILE == 0 else None
+        if self.native is not None:
+            packed, scales, lows = pack_int4_bf16(weight)
+            self.register_buffer("lows", lows, persistent=False)
+        else:
+            packed, scales = pack_int4(weight)
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scales_zeros", scales_zeros, persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
 
     def few_row_forward(self, x: Tensor) -> Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP, self.scales_zeros)
+        if self.native is not None:
+            return self.native(x.to(torch.bfloat16).contiguous(), self.packed, self.scales, self.lows)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, GROUP, self.scales)
 
 
 class HybridHead(HybridLinear):
@@ -139,16 +154,40 @@ def dense_linear(x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
-def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Asymmetric 4-bit groups of 32 along the input dimension, in the CPU kernel's layout."""
+def int4_grid(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric 4-bit groups of 32 along the input dimension: q (out, in) in 0..15, and each group's
+    scale and low (out, groups), w ≈ q·scale + low."""
     out_features, in_features = weight.shape
     groups = weight.float().view(out_features, in_features // GROUP, GROUP)
     low = groups.amin(-1)
     scale = ((groups.amax(-1) - low) / 15).clamp(min=1e-12)
     q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    return q.view(out_features, in_features), scale, low
+
+
+def pack_int4_bf16(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """int4_grid in csrc/int4_matmul.c's layout: (packed bytes, fp16 scales, fp16 lows).
+
+    Row tiles of 16 outputs; per tile and 4 inputs, 32 bytes whose byte 2i+j holds output i's inputs j
+    (low nibble) and 2+j (high nibble); scales and lows (tiles, groups, 16).
+    """
+    q, scale, low = int4_grid(weight)
+    out_features, in_features = q.shape
+    tiles = q.view(out_features // NATIVE_TILE, NATIVE_TILE, in_features // 4, 2, 2).permute(0, 2, 1, 4, 3)
+    packed = (tiles[..., 0] | (tiles[..., 1] << 4)).to(torch.uint8).contiguous()
+
+    def by_tile(values: Tensor) -> Tensor:
+        return values.view(out_features // NATIVE_TILE, NATIVE_TILE, -1).transpose(1, 2).to(torch.float16).contiguous()
+
+    return packed, by_tile(scale), by_tile(low)
+
+
+def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """int4_grid in PyTorch's CPU kernel's layout: (packed, bf16 scales and zeros)."""
+    q, scale, low = int4_grid(weight)
     # The kernel computes w = (q - 8)·scale + zero, so zero = low + 8·scale; layout (groups, out, 2).
     scales_zeros = torch.stack([scale.T, (low + 8 * scale).T], dim=-1).contiguous().to(torch.bfloat16)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(out_features, in_features), 1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     return packed, scales_zeros
 
 
