@@ -7,7 +7,7 @@ from torch import nn
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import load_chat_model
-from penstock.engine.native import load_int4_matmul
+from penstock.engine.native import load_int4_matmul, load_int8_matmul
 from penstock.engine.quant import (
     FEW_ROWS,
     GROUP,
@@ -19,6 +19,7 @@ from penstock.engine.quant import (
     int4_grid,
     pack_int4,
     pack_int4_bf16,
+    pack_int8_tiles,
     quantize_layers,
 )
 from penstock.engine.sampler import request_rng
@@ -51,9 +52,14 @@ def test_few_rows_use_int4_and_match_fp32_to_bf16_precision() -> None:
     assert not torch.equal(got, expected)  # it really took the int4 path
 
 
+def cpu_flags() -> set[str]:
+    return set(
+        next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    )
+
+
 def cpu_has_avx512_bf16() -> bool:
-    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    return {"avx512_bf16", "avx512bw"} <= set(flags.split())
+    return {"avx512_bf16", "avx512bw"} <= cpu_flags()
 
 
 def test_few_rows_take_the_native_kernel_exactly_where_the_cpu_has_avx512_bf16() -> None:
@@ -97,6 +103,24 @@ def test_the_native_kernel_computes_what_pytorchs_int4_kernel_computes() -> None
         pytorchs = torch.ops.aten._weight_int4pack_mm_for_cpu(x, pytorch_int4[0], GROUP, pytorch_int4[1]).float()
         expected = x.float() @ exact.T
         assert (got.float() - expected).abs().mean() <= (pytorchs - expected).abs().mean()
+
+
+def test_the_native_int8_kernel_is_the_int8_weights_times_their_scales_in_fp32() -> None:
+    kernel = load_int8_matmul()
+    head = HybridHead(four_bit_linear(64, 128))
+    assert (kernel is not None) == ("avx512f" in cpu_flags()) == (head.native is not None)
+    if kernel is None:
+        return  # PyTorch's int8 kernel serves this CPU
+    gen = torch.Generator().manual_seed(5)
+    int8 = torch.randint(-127, 128, (96, 256), generator=gen, dtype=torch.int8)
+    scales = torch.rand(96, generator=gen) * 0.01
+    tiles = pack_int8_tiles(int8)
+    assert torch.equal(tiles[2, 7], int8[32:48, 7])
+    for rows in (1, 2, 3, 4, 5, 9):  # the kernel's tiles take 1-4 rows at a time
+        x = torch.randn(rows, 256, generator=gen)
+        got = kernel(x, tiles, scales)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, x @ (int8.float() * scales[:, None]).T, rtol=1e-5, atol=1e-5)
 
 
 def test_many_rows_use_the_exact_fp32_weights() -> None:

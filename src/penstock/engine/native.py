@@ -197,6 +197,25 @@ class Int4Matmul:
         return out
 
 
+class Int8Matmul:
+    """x·Wᵀ for a few fp32 rows against per-channel int8 weights with AVX-512 (csrc/int8_matmul.c)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._function = library.int8_matmul
+        self._function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 2
+        self._function.argtypes += [ctypes.c_int, ctypes.c_void_p]
+        self._function.restype = None
+
+    def __call__(self, x: Tensor, tiles: Tensor, scales: Tensor) -> Tensor:
+        """x (rows, in_features) fp32 contiguous; tiles (out/16, in, 16) int8; scales (out,) fp32 → (rows, out) fp32."""
+        rows, in_features = x.shape
+        out = torch.empty(rows, scales.shape[0])
+        self._function(
+            x.data_ptr(), rows, in_features, tiles.data_ptr(), scales.data_ptr(), scales.shape[0], out.data_ptr()
+        )
+        return out
+
+
 def load_attention_kernel() -> AttentionKernel | None:
     """The compiled attention kernel, or None where it cannot be built here (logged once)."""
     library = _library()
@@ -216,6 +235,15 @@ def load_int4_matmul() -> Int4Matmul | None:
     if library is None or not library.int4_matmul_available():
         return None
     return Int4Matmul(library)
+
+
+@functools.cache
+def load_int8_matmul() -> Int8Matmul | None:
+    """The native int8 kernel, or None where it cannot be built here or this CPU lacks AVX-512."""
+    library = _library()
+    if library is None or not library.int8_matmul_available():
+        return None
+    return Int8Matmul(library)
 
 
 @functools.cache

@@ -7,8 +7,9 @@ the CPU has AVX-512 BF16, else PyTorch's. The hybrid layers keep both and pick p
 For a GGUF whose weights are Q4_0/Q4_1 (groups of 32) the int4 copy holds the same 4-bit grid, so
 little is lost beyond bf16 rounding. The output head, which picks the token, gets per-channel
 int8 instead, and its few best candidates per row are then scored again with the exact fp32 weight:
-int8 and bf16 logits come out rounded to bf16 (steps of 0.125 at a logit of 20), and on SmolLM2 that
-rounding, not the 4-bit body, was most of the quantized model's distance from fp32.
+PyTorch's int8 kernel and bf16 GEMMs give logits rounded to bf16 (steps of 0.125 at a logit of 20), and
+on SmolLM2 that rounding, not the 4-bit body, was most of the quantized model's distance from fp32.
+Where the CPU has AVX-512 the head's int8 kernel is csrc/int8_matmul.c, fp32 in and out.
 Whether any of this wins depends on the CPU's kernels: kernel_choice measures it at load.
 """
 
@@ -23,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from penstock.engine.native import load_int4_matmul
+from penstock.engine.native import load_int4_matmul, load_int8_matmul
 
 GROUP = 32
 FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU; kernel_choice measures it per layer
 PACK_ROWS = 64  # the rows oneDNN's weight layout is blocked for: a busy decode step (1-512 all ran alike)
 RESCORED = 16  # the head's candidates per row whose logits are recomputed from the fp32 weight
-NATIVE_TILE = 16  # outputs per row tile of native.Int4Matmul
+NATIVE_TILE = 16  # outputs per row tile of native.Int4Matmul and Int8Matmul
 
 
 class HybridLinear(nn.Module):
@@ -108,8 +109,15 @@ class HybridHead(HybridLinear):
         super().__init__(linear)
         weight = linear.weight.detach().float()
         scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
-        self.register_buffer("int8", torch.round(weight / scales[:, None]).to(torch.int8), persistent=False)
-        self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
+        int8 = torch.round(weight / scales[:, None]).to(torch.int8)
+        fits = weight.device.type == "cpu" and weight.shape[0] % NATIVE_TILE == 0 and weight.shape[1] % 4 == 0
+        self.native = load_int8_matmul() if fits else None
+        if self.native is not None:  # fp32 in and out, the tiles csrc/int8_matmul.c reads
+            self.register_buffer("int8", pack_int8_tiles(int8), persistent=False)
+            self.register_buffer("scales", scales, persistent=False)
+        else:  # PyTorch's kernel: bf16 in and out
+            self.register_buffer("int8", int8, persistent=False)
+            self.register_buffer("scales", scales.to(torch.bfloat16), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         logits = super().forward(x)
@@ -119,6 +127,8 @@ class HybridHead(HybridLinear):
         return rescore_top(logits, x, self.weight)
 
     def few_row_forward(self, x: Tensor) -> Tensor:
+        if self.native is not None:
+            return self.native(x.float().contiguous(), self.int8, self.scales)
         return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.int8, self.scales)
 
 
@@ -180,6 +190,12 @@ def pack_int4_bf16(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return values.view(out_features // NATIVE_TILE, NATIVE_TILE, -1).transpose(1, 2).to(torch.float16).contiguous()
 
     return packed, by_tile(scale), by_tile(low)
+
+
+def pack_int8_tiles(int8: Tensor) -> Tensor:
+    """(out, in) int8 → (out/16, in, 16): for each input, the weights of 16 consecutive outputs together."""
+    out_features, in_features = int8.shape
+    return int8.view(out_features // NATIVE_TILE, NATIVE_TILE, in_features).transpose(1, 2).contiguous()
 
 
 def pack_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
