@@ -74,6 +74,26 @@ def test_the_kernel_matches_sdpa_on_a_mixed_step(
         torch.testing.assert_close(native_step.attend(layer, q, k, v), expected, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n_heads", "n_kv_heads"), [(9, 3), (9, 9), (8, 2), (9, 1)])
+def test_a_lone_decode_split_over_its_kv_heads_matches_sdpa(
+    kernel: AttentionKernel, dtype: torch.dtype, n_heads: int, n_kv_heads: int
+) -> None:
+    """One sequence, fewer tiles than threads: each KV head's group is a work item of its own."""
+    torch.manual_seed(0)
+    args = replace(ARGS, n_heads=n_heads, n_kv_heads=n_kv_heads)
+    cache = PagedKVCache(args, 64, BLOCK, dtype=dtype, device="cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    slices = [SeqSlice(list(range(40, 20, -1)), 299, 1)]  # 300 keys on blocks in reverse order
+    q = torch.randn(1, n_heads, 1, args.head_dim)
+    k, v = (torch.randn(1, n_kv_heads, 1, args.head_dim) for _ in range(2))
+    expected = PagedAttention.build(cache, slices, "cpu").attend(0, q, k, v)
+    got = PagedAttention.build(cache, slices, "cpu", kernel).attend(0, q, k, v)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+
+
 def test_a_single_key_context_is_that_keys_value(kernel: AttentionKernel) -> None:
     cache = PagedKVCache(ARGS, 4, BLOCK, dtype=torch.float32, device="cpu")
     q = torch.randn(1, ARGS.n_heads, 1, ARGS.head_dim)

@@ -12,6 +12,7 @@
  * loaded, so both share one thread pool and torch.set_num_threads governs both.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,26 +495,32 @@ static int one_tile(int r, int n_rows, const int32_t *rows, const int32_t *table
             firsts[n_tiles] = r;                                                                          \
             sizes[n_tiles] = one_tile(r, n_rows, rows, table_starts, context_lens, most);                 \
         }                                                                                                 \
+        /* Fewer tiles than threads (single-stream decode): each KV head's GQA group is its own work item,  \
+         * so no thread idles; a decode of SmolLM2's 3 KV heads took 2/3 the time on 2 cores. */         \
+        const int split = n_tiles < omp_get_max_threads() ? n_kv : 1, heads = n_heads / split;            \
         _Pragma("omp parallel for schedule(dynamic)")                                                     \
-        for (int i = 0; i < n_tiles; i++) {                                                               \
-            const int r = firsts[i], ctx = context_lens[r];                                               \
+        for (int item = 0; item < n_tiles * split; item++) {                                              \
+            const int i = item / split, part = item % split, r = firsts[i], ctx = context_lens[r];        \
             const int32_t *table = block_tables + table_starts[r];                                        \
             const float *qr = q + (int64_t)rows[r] * query_stride;                                        \
             float *outr = out + (int64_t)rows[r] * query_stride;                                          \
             if (sizes[i] > 1) {                                                                           \
-                if (TILE(qr, k_cache, v_cache, table, sizes[i], ctx, n_heads, group, head_dim, block_size, \
-                         token_stride, scale, outr))                                                      \
+                if (part == 0 && TILE(qr, k_cache, v_cache, table, sizes[i], ctx, n_heads, group, head_dim, \
+                                      block_size, token_stride, scale, outr))                             \
                     failed = 1;                                                                           \
                 continue;                                                                                 \
             }                                                                                             \
-            float *scores = malloc(sizeof(float) * (size_t)n_heads * (size_t)ctx); /* (n_heads, ctx) */  \
+            float *scores = malloc(sizeof(float) * (size_t)heads * (size_t)ctx); /* (heads, ctx) */       \
             if (!scores) {                                                                                \
                 failed = 1;                                                                               \
                 continue;                                                                                 \
             }                                                                                             \
-            SCORES(qr, k_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride, scale, scores); \
-            for (int h = 0; h < n_heads; h++) softmax(scores + (int64_t)h * ctx, ctx);                      \
-            PV(scores, v_cache, table, ctx, n_heads, group, head_dim, block_size, token_stride, outr);    \
+            const int64_t first_head = (int64_t)part * heads, kv = first_head / group * head_dim;         \
+            SCORES(qr + first_head * head_dim, k_cache + kv, table, ctx, heads, group, head_dim, block_size, \
+                   token_stride, scale, scores);                                                          \
+            for (int h = 0; h < heads; h++) softmax(scores + (int64_t)h * ctx, ctx);                        \
+            PV(scores, v_cache + kv, table, ctx, heads, group, head_dim, block_size, token_stride,        \
+               outr + first_head * head_dim);                                                             \
             free(scores);                                                                                 \
         }                                                                                                 \
         free(firsts);                                                                                     \
