@@ -70,6 +70,29 @@ def test_a_mixed_few_row_step_gives_the_pytorch_paths_logits(
     assert (kl.sum(-1) < 2e-3).all()
 
 
+def test_all_layers_in_one_native_call_give_the_layer_by_layer_bits(quantized: LoadedModel, fused: FusedDecode) -> None:
+    """Where the int4 matmuls are native, decode_layers runs the same calls in C, in the same order."""
+    if fused.weights is None:
+        assert not any(layer.wqkv.native for layer in fused.layers)  # PyTorch's int4 kernel: layer by layer only
+        return
+    kernel = load_attention_kernel()
+    tokens = quantized.tokenizer.encode(TEXT)[:20]
+    native_weights, logits = fused.weights, []
+    try:
+        for weights in (native_weights, None):
+            cache = PagedKVCache(quantized.args, 8, BLOCK, dtype=torch.bfloat16, device="cpu")
+            fused.weights = weights
+            with torch.inference_mode():
+                for start, length in ((0, 12), (12, 1), (13, 7)):  # chunks and a decode, all through this path
+                    context = PagedAttention.build(cache, [SeqSlice([3, 5], start, length)], "cpu", kernel)
+                    ids = torch.tensor([tokens[start : start + length]])
+                    out = fused.forward(ids, torch.arange(start, start + length), context, torch.tensor([length - 1]))
+                logits.append(out)
+    finally:
+        fused.weights = native_weights
+    assert torch.equal(logits[0], logits[1])
+
+
 def test_the_engine_takes_the_fused_path_for_few_rows_only(quantized: LoadedModel, fused: FusedDecode) -> None:
     engine = LLMEngine(quantized, EngineConfig(block_size=BLOCK, kv_cache_tokens=512, native_attention=True))
     assert engine.runner.fused is not None and engine.runner.fused.max_rows == 16

@@ -109,6 +109,7 @@ def test_without_a_compiler_there_are_no_native_kernels(monkeypatch: pytest.Monk
     try:
         assert native.load_attention_kernel() is None
         assert native.load_layer_steps() is None
+        assert native.load_int4_matmul() is None and native.load_int8_matmul() is None
     finally:
         monkeypatch.undo()
         native._library.cache_clear()

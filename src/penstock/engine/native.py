@@ -1,10 +1,12 @@
 """Native CPU kernels: C sources shipped in the package, compiled for this CPU on first use.
 
-Compiling takes about a second and the library is kept under the user's cache directory, keyed by
-the sources, the flags and the CPU's feature flags. Where no C compiler is found or compiling fails,
-`load_attention_kernel` and `load_layer_steps` return None and the engine keeps its PyTorch path,
-which is also the path on CUDA. kernel_choice times the attention kernel against that path before
-the engine uses it.
+One library holds them all: paged attention, the steps between a layer's matmuls (fused_decode.py),
+and int4 and int8 matmuls for few rows (quant.py). Compiling takes a few seconds and the library is
+kept under the user's cache directory, keyed by the sources, the flags and the CPU's feature flags.
+Where no C compiler is found or compiling fails, every `load_*` returns None and the engine keeps its
+PyTorch path, which is also the path on CUDA; the matmuls also need AVX-512 (BF16 for int4).
+kernel_choice times the attention kernel against SDPA, and each layer's few-row kernel against its dense
+matmul, before the engine uses them.
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ class AttentionKernel:
             raise MemoryError("the attention kernel could not allocate its scratch memory")
 
 
+@dataclass(frozen=True, slots=True)
+class StepTensors:
+    """What every layer of one step reads: RoPE's tables, the new tokens' cache slots, the queries."""
+
+    cos: Tensor  # (rows, head_dim) fp32
+    sin: Tensor
+    slots: Tensor  # (rows,) int64
+    queries: QueryRows
+
+
+@dataclass(frozen=True, slots=True)
+class LayerShape:
+    dim: int
+    hidden: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+
+
 class LayerSteps:
     """The steps between a layer's int4 matmuls for few-row steps (csrc/decode_layer.c); see fused_decode.py.
 
@@ -117,6 +139,12 @@ class LayerSteps:
         self._silu_mul = library.silu_mul
         self._silu_mul.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         self._silu_mul.restype = None
+        self._decode_layers = {torch.float32: library.decode_layers_f32, torch.bfloat16: library.decode_layers_bf16}
+        for function in self._decode_layers.values():
+            function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4
+            function.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6
+            function.argtypes += [ctypes.c_float, ctypes.c_void_p]
+            function.restype = ctypes.c_int
 
     def add_rms_norm(self, x: Tensor, delta: Tensor | None, weight: Tensor, eps: float, out: Tensor) -> None:
         """x (rows, dim) fp32 += delta (bf16, or None); out (bf16 or fp32) = rms_norm(x) · weight."""
@@ -161,6 +189,48 @@ class LayerSteps:
         )
         if failed:
             raise MemoryError("the attention kernel could not allocate its scratch memory")
+
+    def decode_layers(
+        self,
+        x: Tensor,
+        weights: ctypes.Array[ctypes.c_void_p],
+        final_norm: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        step: StepTensors,
+        shape: LayerShape,
+        out: Tensor,
+    ) -> None:
+        """Every layer at once (decode_layers in csrc/decode_layer.c): x (rows, dim) fp32, the residual
+        stream, updated in place; out (rows, dim) fp32 its final norm. `weights`: 14 pointers per layer."""
+        rows = x.shape[0]
+        failed = self._decode_layers[k_cache.dtype](
+            x.data_ptr(),
+            rows,
+            len(weights) // 14,
+            weights,
+            final_norm.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            k_cache[0].numel(),
+            step.cos.data_ptr(),
+            step.sin.data_ptr(),
+            step.slots.data_ptr(),
+            step.queries.rows.data_ptr(),
+            step.queries.block_tables.data_ptr(),
+            step.queries.table_starts.data_ptr(),
+            step.queries.context_lens.data_ptr(),
+            shape.dim,
+            shape.hidden,
+            shape.n_heads,
+            shape.n_kv,
+            shape.head_dim,
+            k_cache.shape[2],
+            shape.eps,
+            out.data_ptr(),
+        )
+        if failed:
+            raise MemoryError("the fused decode could not allocate its scratch memory")
 
     def silu_mul(self, gate_up: Tensor, out: Tensor) -> None:
         """gate_up (rows, 2 · hidden) bf16, gate first → out (rows, hidden) bf16 = silu(gate) · up."""
@@ -228,7 +298,6 @@ def load_layer_steps() -> LayerSteps | None:
     return None if library is None else LayerSteps(library)
 
 
-@functools.cache
 def load_int4_matmul() -> Int4Matmul | None:
     """The native int4 kernel, or None where it cannot be built here or this CPU lacks AVX-512 BF16."""
     library = _library()
@@ -237,7 +306,6 @@ def load_int4_matmul() -> Int4Matmul | None:
     return Int4Matmul(library)
 
 
-@functools.cache
 def load_int8_matmul() -> Int8Matmul | None:
     """The native int8 kernel, or None where it cannot be built here or this CPU lacks AVX-512."""
     library = _library()

@@ -141,3 +141,51 @@ void silu_mul(const uint16_t *gate_up, int rows, int hidden, uint16_t *out) {
         store_bf16(out + (int64_t)r * hidden, y, hidden);
     }
 }
+
+int int4_matmul(const uint16_t *x, int m, int k, const uint8_t *packed, const uint16_t *scales,
+                const uint16_t *lows, int n, uint16_t *y);
+
+/* Every layer of a few-row step in one call, where the int4 matmuls are int4_matmul.c's too: the same
+ * steps as fused_decode.py's loop, less about 240 calls from Python a step (about 4 µs each).
+ * weights holds 14 pointers per layer: its two norms' weights, then the packed weights, scales and lows
+ * of wqkv, wo, w13 and w2 (quant.pack_int4_bf16). The caches are every layer's, layer_stride elements
+ * apart. out (rows, dim) fp32 gets the final norm of the residual stream x, which is updated in place. */
+#define DEFINE_DECODE_LAYERS(NAME, T, ROPE_ATTEND)                                                        \
+    int NAME(float *x, int rows, int n_layers, const void *const *weights, const float *final_norm,        \
+             T *k_cache, T *v_cache, int64_t layer_stride, const float *cos, const float *sin,             \
+             const int64_t *slots, const int32_t *query_rows, const int32_t *block_tables,                 \
+             const int32_t *table_starts, const int32_t *context_lens, int dim, int hidden, int n_heads,   \
+             int n_kv, int head_dim, int block_size, float eps, float *out) {                              \
+        const int width = (n_heads + 2 * n_kv) * head_dim, attended = n_heads * head_dim;                 \
+        const size_t sizes[6] = {dim, width, attended, dim, 2 * (size_t)hidden, hidden};                   \
+        size_t total = 0;                                                                                  \
+        for (int i = 0; i < 6; i++) total += sizes[i];                                                     \
+        uint16_t *scratch = malloc(sizeof(uint16_t) * total * (size_t)rows), *buffers[6];                 \
+        if (!scratch) return 1;                                                                            \
+        buffers[0] = scratch;                                                                              \
+        for (int i = 1; i < 6; i++) buffers[i] = buffers[i - 1] + sizes[i - 1] * (size_t)rows;             \
+        uint16_t *normed = buffers[0], *qkv = buffers[1], *att = buffers[2], *delta = buffers[3];          \
+        uint16_t *gate_up = buffers[4], *act = buffers[5];                                                 \
+        int failed = 0;                                                                                    \
+        for (int l = 0; l < n_layers && !failed; l++) {                                                    \
+            const void *const *w = weights + 14 * (int64_t)l;                                              \
+            const uint8_t *const *packed = (const uint8_t *const *)(w + 2);                                \
+            const uint16_t *const *scales = (const uint16_t *const *)(w + 6);                              \
+            const uint16_t *const *lows = (const uint16_t *const *)(w + 10);                               \
+            add_rms_norm(x, l ? delta : NULL, (const float *)w[0], rows, dim, eps, normed, 1);             \
+            failed |= int4_matmul(normed, rows, dim, packed[0], scales[0], lows[0], width, qkv);          \
+            failed |= ROPE_ATTEND(qkv, cos, sin, slots, k_cache + l * layer_stride, v_cache + l * layer_stride, \
+                                  query_rows, block_tables, table_starts, context_lens, rows, n_heads, n_kv,  \
+                                  head_dim, block_size, 1.0f / sqrtf((float)head_dim), att);              \
+            failed |= int4_matmul(att, rows, attended, packed[1], scales[1], lows[1], dim, delta);         \
+            add_rms_norm(x, delta, (const float *)w[1], rows, dim, eps, normed, 1);                        \
+            failed |= int4_matmul(normed, rows, dim, packed[2], scales[2], lows[2], 2 * hidden, gate_up);  \
+            silu_mul(gate_up, rows, hidden, act);                                                          \
+            failed |= int4_matmul(act, rows, hidden, packed[3], scales[3], lows[3], dim, delta);           \
+        }                                                                                                  \
+        if (!failed) add_rms_norm(x, delta, final_norm, rows, dim, eps, out, 0);                           \
+        free(scratch);                                                                                     \
+        return failed;                                                                                     \
+    }
+DEFINE_DECODE_LAYERS(decode_layers_f32, float, rope_attend_f32)
+DEFINE_DECODE_LAYERS(decode_layers_bf16, uint16_t, rope_attend_bf16)
