@@ -5,9 +5,9 @@ takes each layer's four int4 matmuls (quant.HybridInt4Linear) and, between them,
 csrc/decode_layer.c instead of about 25 PyTorch ops: the same computation, the values crossing a
 matmul rounded to bf16 as the PyTorch path rounds them (native.LayerSteps). Where the int4 matmuls
 are native too (int4_matmul.c), every layer runs in one call, with no Python between the layers: a
-single-stream token took 3.4 ms instead of 4.8 (Zen 5 EPYC). The output head stays the model's own (quant.HybridHead).
-A model without int4 body layers, or without the native library or its attention kernel (CUDA
-included), keeps Transformer.forward for every step.
+single-stream token took 3.4 ms instead of 4.8 (Zen 5 EPYC). The output head stays the model's own
+(quant.HybridHead). A model without int4 body layers, or without the native library or its attention
+kernel (CUDA included), keeps Transformer.forward for every step.
 """
 
 from __future__ import annotations
