@@ -26,14 +26,6 @@ int paged_decode_bf16(const float *q, const uint16_t *k_cache, const uint16_t *v
                       const int32_t *block_tables, const int32_t *table_starts, const int32_t *context_lens,
                       int n_rows, int n_heads, int n_kv, int head_dim, int block_size, float scale, float *out);
 
-/* fp32 → bf16, round to nearest even, as PyTorch's cast (NaN stays NaN). */
-static inline uint16_t bf16_of(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
 static void store_bf16(uint16_t *dst, const float *src, int n) {
     int i = 0;
 #ifdef __AVX512BF16__

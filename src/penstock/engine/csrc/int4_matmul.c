@@ -32,17 +32,10 @@
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 int int4_matmul_available(void) { return 1; }
 
-static inline uint16_t round_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
 /* Two accumulators per row, so consecutive dpbf16s do not wait on each other. */
 #define DEFINE_TILE(R)                                                                                    \
     static void tile_##R(const uint16_t *x, const float *xsum, int k, const uint8_t *w,                   \
-                         const uint16_t *scales, const uint16_t *lows, __m512 *out) {                                                \
+                         const uint16_t *scales, const uint16_t *lows, __m512 *out) {            \
         const __m512i nibble = _mm512_set1_epi16(0x000F), bias = _mm512_set1_epi16(0x4300);               \
         for (int r = 0; r < (R); r++) out[r] = _mm512_setzero_ps();                                      \
         for (int g = 0; g < k / GROUP; g++) {                                                             \
@@ -110,7 +103,7 @@ int int4_matmul(const uint16_t *x, int m, int k, const uint8_t *packed, const ui
                 float values[16];
                 _mm512_storeu_ps(values, out[r]);
                 uint16_t *yr = y + (int64_t)(r0 + r) * n + t * 16;
-                for (int i = 0; i < 16; i++) yr[i] = round_bf16(values[i]);
+                for (int i = 0; i < 16; i++) yr[i] = bf16_of(values[i]);
             }
         }
     }

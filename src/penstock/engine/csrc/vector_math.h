@@ -1,4 +1,4 @@
-/* Vector helpers shared by the native kernels: bf16 widening, horizontal sums, e^x. */
+/* Helpers shared by the native kernels: bf16 widening and rounding, horizontal sums, e^x. */
 #ifndef PENSTOCK_VECTOR_MATH_H
 #define PENSTOCK_VECTOR_MATH_H
 #include <stdint.h>
@@ -13,6 +13,14 @@ static inline float load_bf16(const uint16_t *p, int i) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* fp32 → bf16, round to nearest even, as PyTorch's cast (NaN stays NaN). */
+static inline uint16_t bf16_of(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 #ifdef __AVX2__
