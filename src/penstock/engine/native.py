@@ -64,6 +64,15 @@ class QueryRows:
     def __len__(self) -> int:
         return self.rows.numel()
 
+    def pointers(self) -> tuple[int, int, int, int]:
+        """rows, block_tables, table_starts, context_lens as a kernel takes them, in that order."""
+        return (
+            self.rows.data_ptr(),
+            self.block_tables.data_ptr(),
+            self.table_starts.data_ptr(),
+            self.context_lens.data_ptr(),
+        )
+
 
 class AttentionKernel:
     """Attention of each query over its sequence's paged keys and values (csrc/paged_attention.c).
@@ -85,10 +94,7 @@ class AttentionKernel:
             q.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
-            queries.rows.data_ptr(),
-            queries.block_tables.data_ptr(),
-            queries.table_starts.data_ptr(),
-            queries.context_lens.data_ptr(),
+            *queries.pointers(),
             len(queries),
             q.shape[1],
             n_kv,
@@ -175,10 +181,7 @@ class LayerSteps:
             slots.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
-            queries.rows.data_ptr(),
-            queries.block_tables.data_ptr(),
-            queries.table_starts.data_ptr(),
-            queries.context_lens.data_ptr(),
+            *queries.pointers(),
             len(queries),
             n_heads,
             n_kv,
@@ -216,10 +219,7 @@ class LayerSteps:
             step.cos.data_ptr(),
             step.sin.data_ptr(),
             step.slots.data_ptr(),
-            step.queries.rows.data_ptr(),
-            step.queries.block_tables.data_ptr(),
-            step.queries.table_starts.data_ptr(),
-            step.queries.context_lens.data_ptr(),
+            *step.queries.pointers(),
             shape.dim,
             shape.hidden,
             shape.n_heads,

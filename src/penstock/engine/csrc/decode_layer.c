@@ -26,15 +26,6 @@ int paged_decode_bf16(const float *q, const uint16_t *k_cache, const uint16_t *v
                       const int32_t *block_tables, const int32_t *table_starts, const int32_t *context_lens,
                       int n_rows, int n_heads, int n_kv, int head_dim, int block_size, float scale, float *out);
 
-static void store_bf16(uint16_t *dst, const float *src, int n) {
-    int i = 0;
-#ifdef __AVX512BF16__
-    for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-#endif
-    for (; i < n; i++) dst[i] = bf16_of(src[i]);
-}
-
 static void store_f32(float *dst, const float *src, int n) { memcpy(dst, src, sizeof(float) * (size_t)n); }
 
 /* For each row: x += delta (bf16; none for the first layer), then out = x / rms(x) · weight, in bf16

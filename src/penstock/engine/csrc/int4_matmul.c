@@ -102,8 +102,7 @@ int int4_matmul(const uint16_t *x, int m, int k, const uint8_t *packed, const ui
             for (int r = 0; r < rows; r++) {
                 float values[16];
                 _mm512_storeu_ps(values, out[r]);
-                uint16_t *yr = y + (int64_t)(r0 + r) * n + t * 16;
-                for (int i = 0; i < 16; i++) yr[i] = bf16_of(values[i]);
+                store_bf16(y + (int64_t)(r0 + r) * n + t * 16, values, 16);
             }
         }
     }

@@ -23,6 +23,16 @@ static inline uint16_t bf16_of(float f) {
     return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
+/* n fp32 values → bf16, as bf16_of rounds them (the AVX-512 BF16 conversion rounds alike). */
+static inline void store_bf16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+#ifdef __AVX512BF16__
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+#endif
+    for (; i < n; i++) dst[i] = bf16_of(src[i]);
+}
+
 #ifdef __AVX2__
 static inline float hsum(__m256 v) {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
