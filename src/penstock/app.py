@@ -78,6 +78,7 @@ def build_app(
     own_registry = CollectorRegistry()  # this app's gateway metrics; `registry` may be shared by several apps
     observe = settings.observability
     tracing = Tracing(tracer_provider(observe.tracing, span_exporter))
+    http_metrics = HttpMetrics(own_registry) if observe.metrics else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,7 +95,9 @@ def build_app(
             ):
                 retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
                 metrics = RequestMetrics(own_registry) if observe.metrics else None
-                observers = _Observers((registry, own_registry), metrics, tracing, observe.request_logs, history)
+                observers = _Observers(
+                    (registry, own_registry), metrics, http_metrics, tracing, observe.request_logs, history
+                )
                 services = _services(settings, loaded, state, observers, limiter, embedder, draining, retrieval)
                 app.state.services = services
                 log.info("ready", models=list(loaded), auth="master key" if settings.admin_key else "open")
@@ -124,7 +127,6 @@ def build_app(
             allow_headers=["*"],
             expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
         )
-    http_metrics = HttpMetrics(own_registry) if observe.metrics else None
     app.add_middleware(EdgeMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
     for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics, dashboard):
         app.include_router(module.router)
@@ -135,6 +137,7 @@ def build_app(
 class _Observers:
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
     requests: RequestMetrics | None
+    http: HttpMetrics | None
     tracing: Tracing
     request_logs: bool
     dashboard: DashboardHistory
@@ -251,6 +254,7 @@ def _services(
         feedback=state.feedback,
         reviews=state.reviews,
         dashboard=observers.dashboard,
+        http_metrics=observers.http,
         draining=draining,
         retrieval=retrieval,
     )

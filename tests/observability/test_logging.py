@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from penstock.observability.logging import IsoTimestamp, configure_logging
+from penstock.observability.logging import IsoTimestamp, RequestLines, configure_logging
 
 
 def test_the_timestamp_reads_as_structlogs_iso_utc_and_is_now() -> None:
@@ -32,3 +32,33 @@ def test_a_log_line_is_one_redacted_json_line_on_the_current_stderr(monkeypatch:
     line = json.loads(lines[0])
     assert line["user"] == "[EMAIL]" and line["api_key"] == "[REDACTED]" and line["n"] == 3
     assert line["event"] == "request" and line["level"] == "info" and line["timestamp"].endswith("Z")
+
+
+def test_the_request_lines_of_a_turn_are_redacted_json_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    writes: list[str] = []
+    monkeypatch.setattr(stream, "write", lambda text: writes.append(text) or len(text))
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("info")
+    lines = RequestLines()
+    assert lines.enabled
+    lines.add(request_id="4111111111111111", tenant="bob@example.com", total_ms=1.5, stage_ms={"decode": 2.0})
+    lines.add(request_id="9f0e", tenant="acme", authorization="Bearer abc", prompt_tokens=3)
+    assert writes == []  # nothing until the batch is written
+    lines.write()
+    lines.write()  # nothing left: nothing written
+    assert len(writes) == 1 and writes[0].endswith("\n")
+    first, second = (json.loads(text) for text in writes[0].splitlines())
+    assert first["request_id"] == "[CARD]" and first["tenant"] == "[EMAIL]"
+    assert first["stage_ms"] == {"decode": 2.0} and first["total_ms"] == 1.5
+    assert second["authorization"] == "[REDACTED]" and second["prompt_tokens"] == 3
+    for line in (first, second):
+        assert line["event"] == "request" and line["level"] == "info" and line["timestamp"].endswith("Z")
+
+
+def test_request_lines_are_off_below_the_configured_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    configure_logging("warning")
+    assert not RequestLines().enabled
+    configure_logging("info")
+    assert RequestLines().enabled

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum import luhn
 
+from penstock.observability import redaction
 from penstock.observability.redaction import REDACTED, detect, redact, redact_event, redact_value
 
 PK_KEY = "pk-" + "A1b2_C3d4-" * 4 + "xyz"  # the shape secrets.token_urlsafe(32) gives: 43 characters
@@ -285,3 +286,15 @@ def test_a_card_before_a_loose_dash_is_redacted(text: str) -> None:
     """Found by the idempotence property: a dash glued to a card hid it unless a word followed the dash."""
     assert "1111" not in redact(text)
     assert redact(redact(text)) == redact(text)
+
+
+def test_short_values_are_remembered_up_to_a_bound_and_opaque_ids_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    memory: dict[str, str] = {}
+    monkeypatch.setattr(redaction, "_REMEMBERED", {"US": memory})
+    monkeypatch.setattr(redaction, "_REMEMBER", 3)
+    assert redact_value("3f2a9c0d8e7b4a1f") == "3f2a9c0d8e7b4a1f" and memory == {}  # ids never repeat
+    for n in range(5):
+        assert redact_value(f"user{n}@example.com") == "[EMAIL]"
+        assert redact_value(f"user{n}@example.com") == "[EMAIL]"  # from memory, the same
+        assert len(memory) <= 3
+    assert redact_value({"tenant": "user4@example.com"}) == {"tenant": "[EMAIL]"}  # fields read the same memory

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from penstock.observability.engine_metrics import LATENCY_BUCKETS
 from penstock.observability.lean_metrics import LeanCounter, LeanHistogram
+from penstock.observability.per_turn import PerTurn
 from penstock.observability.tracing import Tracing
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -46,10 +47,21 @@ class HttpMetrics:
             LATENCY_BUCKETS,
         )
 
+        self._exchanges: PerTurn[tuple[str, str, int, float]] = PerTurn(self._count)
+
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
-        """Called by the event loop only (lean_metrics has one writer)."""
-        self.responses.labels(method, route, str(code)).inc()
-        self.seconds.labels(method, route).observe(seconds)
+        """Called by the event loop only (lean_metrics has one writer); counted with the loop turn's others
+        at the next turn (observability/per_turn.py), where their code and series are still in the caches."""
+        self._exchanges.put((method, route, code, seconds))
+
+    def observe_pending(self) -> None:
+        """Count now the exchanges queued for the next loop turn."""
+        self._exchanges.flush()
+
+    def _count(self, exchanges: list[tuple[str, str, int, float]]) -> None:
+        for method, route, code, seconds in exchanges:
+            self.responses.labels(method, route, str(code)).inc()
+            self.seconds.labels(method, route).observe(seconds)
 
 
 class EdgeMiddleware:

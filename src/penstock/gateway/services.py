@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.draining import Draining
+from penstock.gateway.edge import HttpMetrics
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.limiter import RateLimiter
 from penstock.gateway.usage import UsageRecorder
@@ -58,6 +59,7 @@ class Services:
     feedback: FeedbackStore | None = None
     reviews: ReviewStore | None = None  # the review sample, for admin keys
     dashboard: DashboardHistory | None = None  # the admin dashboard's recent charts
+    http_metrics: HttpMetrics | None = None  # the edge's, None with metrics off
 
 
 async def services(request: Request) -> Services:

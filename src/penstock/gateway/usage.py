@@ -14,13 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import structlog
-
 from penstock.config import DeploymentConfig
 from penstock.errors import PenstockError
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.review import ReviewSampler
+from penstock.observability.logging import RequestLines
 from penstock.observability.per_turn import PerTurn
 from penstock.observability.redaction import redact
 from penstock.observability.request_metrics import RequestMetrics
@@ -52,8 +51,8 @@ class UsageRecorder:
         self._metrics = metrics
         self._tracing = tracing or Tracing(None)
         self._review = review
-        # Bound once: the module's lazy proxy builds a new logger at every call.
-        self._log = structlog.get_logger("penstock.request").bind() if request_logs else None
+        lines = RequestLines() if request_logs else None
+        self._log = lines if lines is not None and lines.enabled else None
         self._observations = PerTurn(self._observe)
         # Requests settled lately, for feedback that arrives before their ledger rows are flushed.
         self._recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
@@ -165,28 +164,30 @@ class UsageRecorder:
         if self._metrics is not None or self._log is not None:
             self._observations.put(_Settled(row, timer, retrieval, self._tracing.trace_id(), details))
 
-    def _observe(self, settled: _Settled) -> None:
-        """A settled request's series and log line, made a loop turn later with others (observability/per_turn.py)."""
-        row = settled.row
+    def _observe(self, batch: list[_Settled]) -> None:
+        """Settled requests' series and log lines, made a loop turn later (observability/per_turn.py)."""
         if self._metrics is not None:
-            self._metrics.observe(row, settled.timer, settled.retrieval)
+            for settled in batch:
+                self._metrics.observe(settled.row, settled.timer, settled.retrieval)
         if self._log is None:
             return
-        self._log.info(
-            "request",
-            request_id=row.request_id,
-            trace_id=settled.trace_id,
-            tenant=row.tenant,
-            key_id=row.key_id,
-            route=row.route,
-            deployment=row.deployment,
-            status=row.status,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            total_ms=round(row.latency_ms, 3) if row.latency_ms is not None else None,
-            stage_ms=row.stage_ms,
-            **settled.details,
-        )
+        for settled in batch:
+            row = settled.row
+            self._log.add(
+                request_id=row.request_id,
+                trace_id=settled.trace_id,
+                tenant=row.tenant,
+                key_id=row.key_id,
+                route=row.route,
+                deployment=row.deployment,
+                status=row.status,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                total_ms=round(row.latency_ms, 3) if row.latency_ms is not None else None,
+                stage_ms=row.stage_ms,
+                **settled.details,
+            )
+        self._log.write()
 
 
 @dataclass(frozen=True, slots=True)
