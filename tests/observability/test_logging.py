@@ -42,8 +42,10 @@ def test_the_request_lines_of_a_turn_are_redacted_json_written_at_once(monkeypat
     configure_logging("info")
     lines = RequestLines()
     assert lines.enabled
-    lines.add(request_id="4111111111111111", tenant="bob@example.com", total_ms=1.5, stage_ms={"decode": 2.0})
-    lines.add(request_id="9f0e", tenant="acme", authorization="Bearer abc", prompt_tokens=3)
+    lines.add(
+        {"request_id": "4111111111111111", "tenant": "bob@example.com", "total_ms": 1.5, "stage_ms": {"decode": 2.0}}
+    )
+    lines.add({"request_id": "9f0e", "tenant": "acme", "authorization": "Bearer abc", "prompt_tokens": 3})
     assert writes == []  # nothing until the batch is written
     lines.write()
     lines.write()  # nothing left: nothing written

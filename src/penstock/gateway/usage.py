@@ -174,18 +174,20 @@ class UsageRecorder:
         for settled in batch:
             row = settled.row
             self._log.add(
-                request_id=row.request_id,
-                trace_id=settled.trace_id,
-                tenant=row.tenant,
-                key_id=row.key_id,
-                route=row.route,
-                deployment=row.deployment,
-                status=row.status,
-                prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
-                total_ms=round(row.latency_ms, 3) if row.latency_ms is not None else None,
-                stage_ms=row.stage_ms,
-                **settled.details,
+                {
+                    "request_id": row.request_id,
+                    "trace_id": settled.trace_id,
+                    "tenant": row.tenant,
+                    "key_id": row.key_id,
+                    "route": row.route,
+                    "deployment": row.deployment,
+                    "status": row.status,
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "total_ms": round(row.latency_ms, 3) if row.latency_ms is not None else None,
+                    "stage_ms": row.stage_ms,
+                    **settled.details,
+                }
             )
         self._log.write()
 

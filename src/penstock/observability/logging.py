@@ -81,12 +81,15 @@ class JsonLine:
     def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
         return self.render(_LEVELS.get(method_name, method_name), event_dict)[:-1].decode()
 
-    def render(self, level: str, event: Mapping[str, Any]) -> bytes:
-        """One line, its newline included."""
+    def render(self, level: str, event: Mapping[str, Any], timestamp: str | None = None) -> bytes:
+        """One line, its newline included; stamped now unless given its `timestamp`."""
         redacted = redact_event(None, level, event)  # a copy: the level and time are not the caller's to redact
         redacted["level"] = level
-        redacted["timestamp"] = self._stamp.now()
+        redacted["timestamp"] = timestamp or self._stamp.now()
         return orjson.dumps(redacted, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+    def now(self) -> str:
+        return self._stamp.now()
 
 
 class RequestLines:
@@ -96,15 +99,19 @@ class RequestLines:
     def __init__(self) -> None:
         self.enabled = structlog.get_logger("penstock.request").bind().is_enabled_for(INFO)
         self._line = JsonLine()
-        self._lines: list[bytes] = []
+        self._events: list[dict[str, object]] = []
 
-    def add(self, **fields: object) -> None:
-        self._lines.append(self._line.render("info", {**fields, "event": "request"}))
+    def add(self, fields: dict[str, object]) -> None:
+        """A request's line, made of `fields` (which it keeps, adding the event's name) when written."""
+        fields["event"] = "request"
+        self._events.append(fields)
 
     def write(self) -> None:
-        if self._lines:
-            lines, self._lines = self._lines, []
-            _CurrentStderr().msg(b"".join(lines)[:-1].decode())
+        if not self._events:
+            return
+        events, self._events = self._events, []
+        line, now = self._line, self._line.now()  # one time for the batch: its requests settled in one loop turn
+        _CurrentStderr().msg(b"".join([line.render("info", event, now) for event in events])[:-1].decode())
 
 
 def configure_logging(level: str = "info") -> None:
