@@ -46,7 +46,6 @@ class HttpMetrics:
             registry,
             LATENCY_BUCKETS,
         )
-
         self._exchanges: PerTurn[tuple[str, str, int, float]] = PerTurn(self._count)
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:

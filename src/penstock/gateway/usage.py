@@ -51,8 +51,8 @@ class UsageRecorder:
         self._metrics = metrics
         self._tracing = tracing or Tracing(None)
         self._review = review
-        lines = RequestLines() if request_logs else None
-        self._log = lines if lines is not None and lines.enabled else None
+        lines = RequestLines()
+        self._log = lines if request_logs and lines.enabled else None
         self._observations = PerTurn(self._observe)
         # Requests settled lately, for feedback that arrives before their ledger rows are flushed.
         self._recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()

@@ -19,8 +19,6 @@ import structlog
 
 from penstock.observability.redaction import redact_event
 
-INFO = logging.INFO
-
 
 class _CurrentStderr:
     """Writes to whatever sys.stderr is at the time (test runners and CLI runners swap it, then close theirs).
@@ -79,14 +77,14 @@ class JsonLine:
         self._stamp = IsoTimestamp()
 
     def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
-        return self.render(_LEVELS.get(method_name, method_name), event_dict)[:-1].decode()
+        return self.render(_LEVELS.get(method_name, method_name), event_dict).decode()
 
     def render(self, level: str, event: Mapping[str, Any], timestamp: str | None = None) -> bytes:
-        """One line, its newline included; stamped now unless given its `timestamp`."""
+        """One line, without its newline; stamped now unless given its `timestamp`."""
         redacted = redact_event(None, level, event)  # a copy: the level and time are not the caller's to redact
         redacted["level"] = level
         redacted["timestamp"] = timestamp or self._stamp.now()
-        return orjson.dumps(redacted, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(redacted, default=str)
 
     def now(self) -> str:
         return self._stamp.now()
@@ -97,7 +95,7 @@ class RequestLines:
     batch at a time (`write`), on the current stderr, when structlog's configured level takes INFO."""
 
     def __init__(self) -> None:
-        self.enabled = structlog.get_logger("penstock.request").bind().is_enabled_for(INFO)
+        self.enabled = structlog.get_logger("penstock.request").bind().is_enabled_for(logging.INFO)
         self._line = JsonLine()
         self._events: list[dict[str, object]] = []
 
@@ -111,7 +109,7 @@ class RequestLines:
             return
         events, self._events = self._events, []
         line, now = self._line, self._line.now()  # one time for the batch: its requests settled in one loop turn
-        _CurrentStderr().msg(b"".join([line.render("info", event, now) for event in events])[:-1].decode())
+        _CurrentStderr().msg(b"\n".join([line.render("info", event, now) for event in events]).decode())
 
 
 def configure_logging(level: str = "info") -> None:
