@@ -10,10 +10,13 @@ from psycopg.types.json import Jsonb
 
 from penstock.store.database import Database
 
+# One statement for the whole batch, so migration 0005's trigger adds the batch to the daily spend once.
 _INSERT = (
     "INSERT INTO usage_ledger (request_id, tenant_id, key_id, deployment, model, route, prompt_tokens,"
     " completion_tokens, cost, latency_ms, stage_ms, status, created_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[],"
+    " %s::int[], %s::numeric[], %s::float8[], %s::jsonb[], %s::text[], %s::timestamptz[])"
+    " ON CONFLICT (request_id) DO NOTHING"
 )
 
 
@@ -106,20 +109,23 @@ class LedgerStore:
         self._db = database
 
     async def insert(self, rows: Sequence[LedgerRow]) -> None:
-        """One round trip for the batch; a row already written (a retried batch) is skipped."""
-        async with self._db.connection() as conn, conn.cursor() as cursor:
-            await cursor.executemany(_INSERT, [_values(row) for row in rows])
+        """One statement for the batch; a row already written (a retried batch) is skipped."""
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*(_values(row) for row in rows), strict=True)]
+        async with self._db.connection() as conn:
+            await conn.execute(_INSERT, columns)
 
-    async def spend_since(self, day_start: datetime, month_start: datetime) -> dict[str, TenantSpend]:
+    async def spend_since(self, day: date, month_start: date) -> dict[str, TenantSpend]:
+        """Each tenant's spend on the UTC day `day` and from `month_start` on, from the daily totals."""
         query = (
             "SELECT tenant_id,"
-            " coalesce(sum(prompt_tokens + completion_tokens) FILTER (WHERE created_at >= %(day)s), 0),"
-            " coalesce(sum(cost) FILTER (WHERE created_at >= %(day)s), 0),"
-            " sum(prompt_tokens + completion_tokens), sum(cost)"
-            " FROM usage_ledger WHERE created_at >= %(month)s GROUP BY tenant_id"
+            " coalesce(sum(tokens) FILTER (WHERE day = %(day)s), 0),"
+            " coalesce(sum(cost) FILTER (WHERE day = %(day)s), 0), sum(tokens), sum(cost)"
+            " FROM tenant_daily_spend WHERE day >= %(month)s GROUP BY tenant_id"
         )
         async with self._db.connection() as conn:
-            rows = await (await conn.execute(query, {"day": day_start, "month": month_start})).fetchall()
+            rows = await (await conn.execute(query, {"day": day, "month": month_start})).fetchall()
         return {
             tenant: TenantSpend(Spend(int(d_tokens), float(d_cost)), Spend(int(m_tokens), float(m_cost)))
             for tenant, d_tokens, d_cost, m_tokens, m_cost in rows
