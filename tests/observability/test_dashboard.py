@@ -23,6 +23,7 @@ from penstock.observability.dashboard import (
     histogram_quantile,
     take_snapshot,
 )
+from penstock.observability.per_turn import PerTurn
 
 BOUNDS = ("0.1", "0.5", "1.0", "+Inf")
 Series = tuple[str, dict[str, str], float]
@@ -185,3 +186,14 @@ async def test_while_entered_the_history_takes_a_snapshot_every_interval() -> No
     await asyncio.sleep(0.1)
     assert len(history.data()["times"]) == stopped  # the task ended with the context
     assert max(history.data()["charts"][0]["series"]["all"]) > 0
+
+
+async def test_a_snapshot_counts_what_was_settled_before_it_though_observed_a_turn_later() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("penstock_requests", "", ["status"], registry=registry).labels("ok")
+    observations = PerTurn(lambda batch: counter.inc(len(batch)))
+    async with DashboardHistory((registry,), interval_s=0.05) as history:
+        observations.put(1)  # settled after the history's task was scheduled, before it ran
+        while not history.data()["times"]:
+            await asyncio.sleep(0.01)
+    assert history.data()["charts"][0]["series"]["all"][0] == 0  # in the first snapshot, not a new arrival

@@ -246,5 +246,8 @@ class DashboardHistory:
 
     async def _run(self) -> None:
         while True:
+            # Requests settled before the snapshot are observed a loop turn later (per_turn.py); the loop
+            # runs callbacks in the order they were queued, so one turn's wait lets theirs run first.
+            await asyncio.sleep(0)
             self.record(take_snapshot(self._registries, time.time()))
             await asyncio.sleep(self.interval_s)
