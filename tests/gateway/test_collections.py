@@ -176,3 +176,14 @@ async def test_writes_need_an_admin_and_reads_need_the_collection_in_scope(
 async def test_bad_documents_are_a_400(client: httpx.AsyncClient, document: dict) -> None:
     response = await client.post("/v1/collections/policies/documents", json={"documents": [document]})
     assert_openai_error(response, 400)
+
+
+async def test_a_document_and_a_query_with_nul_characters_are_stored_and_searched_without_them(
+    client: httpx.AsyncClient,
+) -> None:
+    """PostgreSQL's text holds no NUL: one in a document was a 500, one in a query a failed search."""
+    [added] = await add(client, {"source": "re\u0000funds.md", "text": "Refunds\u0000 take five days."})
+    assert added["status"] == "created"
+    found = await search(client, "how long do refu\u0000nds take")
+    assert found["status"] == "ok"
+    assert [(hit["source"], hit["text"]) for hit in found["data"]] == [("refunds.md", "Refunds take five days.")]

@@ -48,7 +48,7 @@ async def sampling(
 async def test_samples_are_redacted_and_only_admins_read_them(sampling: httpx.AsyncClient) -> None:
     client = sampling
     key = await new_key(client)
-    content = f"My card is {SECRET_CARD} and my mail {SECRET_MAIL}; say ok."
+    content = f"My card is {SECRET_CARD} and my mail {SECRET_MAIL};\u0000 say ok."  # PostgreSQL holds no NUL
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 3, "temperature": 0}
     answer = (await client.post("/v1/chat/completions", json=body, headers=as_key(key))).json()
     async with asyncio.timeout(10):
@@ -57,7 +57,7 @@ async def test_samples_are_redacted_and_only_admins_read_them(sampling: httpx.As
     [sample] = samples
     assert sample["request_id"] == answer["id"].removeprefix("chatcmpl-") and sample["tenant"] == "acme"
     [message] = sample["prompt"]
-    assert message["role"] == "user" and "say ok" in message["content"]
+    assert message["role"] == "user" and "; say ok" in message["content"]
     assert SECRET_CARD not in message["content"] and SECRET_MAIL not in message["content"]
     assert sample["completion"] == answer["choices"][0]["message"]["content"]
     assert_openai_error(await client.get("/admin/review", headers=as_key(key)), 403)

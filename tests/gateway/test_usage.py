@@ -73,3 +73,20 @@ async def test_requests_are_served_while_the_database_is_down_and_their_rows_lan
         await asyncio.sleep(0.6)  # a flush fails meanwhile; nothing is lost
     rows = await ledger_rows(database_url, 3, timeout_s=15)
     assert [r["status"] for r in rows] == ["ok"] * 3
+
+
+async def test_client_text_with_nul_characters_is_stored_without_them(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """PostgreSQL holds no NUL; one in a refused model name used to fail its whole ledger batch, every replay."""
+    refused = await client.post("/v1/chat/completions", json={**ONE_TOKEN, "model": "no\u0000such"})
+    assert_openai_error(refused, 404)
+    answered = await client.post("/v1/chat/completions", json=ONE_TOKEN)  # likely in the same batch
+    rows = {row["request_id"]: row for row in await ledger_rows(database_url, 2)}
+    assert rows[refused.headers["x-request-id"]]["model"] == "nosuch"
+    assert rows[answered.headers["x-request-id"]]["status"] == "ok"
+    verdict = {"request_id": answered.headers["x-request-id"], "rating": -1, "comment": "bad\u0000answer"}
+    assert (await client.post("/v1/feedback", json=verdict)).status_code == 201
+    async with await connect(database_url) as conn:
+        cursor = await conn.execute("SELECT comment FROM feedback")
+        assert await cursor.fetchall() == [("badanswer",)]

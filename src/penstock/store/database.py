@@ -18,6 +18,7 @@ from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from penstock.errors import ConfigError, DependencyUnavailable, PenstockError
+from penstock.store.storable import nul_free_text
 from penstock.store.urls import mask_password
 
 
@@ -129,7 +130,9 @@ def check_database(url: str, *, timeout_s: float = 3.0) -> DatabaseCheck:
 
 
 async def _configure_connection(conn: AsyncConnection[Any]) -> None:
-    """Teach each new pooled connection the pgvector types, once migration 0001 has created them."""
+    """Teach each new pooled connection the pgvector types, once migration 0001 has created them, and to
+    drop the NUL characters PostgreSQL's text cannot hold."""
+    nul_free_text(conn)
     if await TypeInfo.fetch(conn, "vector") is not None:
         await register_vector_async(conn)
     # The type lookups opened a transaction; the pool only accepts idle connections.

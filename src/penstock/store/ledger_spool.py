@@ -9,13 +9,12 @@ is counted twice.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import structlog
 
 from penstock.store.ledger import LedgerRow
@@ -33,8 +32,8 @@ class LedgerSpool:
     def append(self, rows: Sequence[LedgerRow]) -> None:
         """On disk (fsynced) when this returns."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as spool:
-            spool.writelines(json.dumps(_encode(row)) + "\n" for row in rows)
+        with self.path.open("ab") as spool:
+            spool.writelines(orjson.dumps(row) + b"\n" for row in rows)  # the rows as the ledger's insert sends them
             spool.flush()
             os.fsync(spool.fileno())
 
@@ -56,15 +55,11 @@ class LedgerSpool:
         return replayed
 
 
-def _encode(row: LedgerRow) -> dict[str, object]:
-    return {**asdict(row), "created_at": row.created_at.isoformat()}
-
-
 def _read(path: Path) -> Iterator[LedgerRow]:
     with path.open(encoding="utf-8") as spool:
         for number, line in enumerate(spool, start=1):
             try:
-                raw = json.loads(line)
+                raw = orjson.loads(line)
                 yield LedgerRow(**{**raw, "created_at": datetime.fromisoformat(raw["created_at"])})
             except (ValueError, TypeError, KeyError):  # a line cut short by a crash mid-append
                 log.error("ledger_spool_bad_line", path=str(path), line=number)

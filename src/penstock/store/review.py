@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg.types.json import Jsonb
-
 from penstock.store.database import Database
+from penstock.store.storable import storable_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +28,13 @@ class ReviewStore:
         async with self._db.connection() as conn:
             await conn.execute(
                 "INSERT INTO review_samples (request_id, tenant_id, deployment, route, prompt, completion)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                " VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (request_id) DO NOTHING",
                 (
                     sample.request_id,
                     sample.tenant,
                     sample.deployment,
                     sample.route,
-                    Jsonb(sample.prompt),
+                    storable_json(sample.prompt),
                     sample.completion,
                 ),
             )
