@@ -176,6 +176,7 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
         writer.start()
         reviews = ReviewStore(database)
         review = ReviewSampler(reviews, settings.observability.review_sample_rate)
+        review.start()
         try:
             yield _State(
                 {"database": database.ping},
@@ -190,7 +191,7 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
                 reviews,
             )
         finally:
-            await review.drain()
+            await review.stop()
             await writer.stop()
             await quotas.stop()
             await cache.stop()

@@ -14,10 +14,14 @@ async def test_review_sample_draws_at_random_within_a_tenant(
     tmp_path: Path, database_url: str, database: Database
 ) -> None:
     store = ReviewStore(database)
-    for i in range(5):
-        tenant = "acme" if i < 4 else "globex"
-        prompt = [{"role": "user", "content": f"question {i} from [EMAIL]"}]
-        await store.insert(ReviewSample(f"r{i}", tenant, "small", "chat.completions", prompt, f"answer {i}"))
+    samples = [
+        ReviewSample(
+            f"r{i}", "acme" if i < 4 else "globex", "small", "chat.completions",
+            [{"role": "user", "content": f"question {i} from [EMAIL]"}], f"answer {i}",
+        )
+        for i in range(5)
+    ]  # fmt: skip
+    await store.insert(samples)
     env = penstock_env(tmp_path / "home", DATABASE_URL=database_url)
     result = penstock("review", "sample", "--limit", "3", "--tenant", "acme", "--json", env=env)
     assert result.returncode == 0, result.stderr

@@ -13,9 +13,11 @@ from prometheus_client import CollectorRegistry
 from penstock.app import build_app
 from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.served import ServedModel
+from penstock.gateway.review import ReviewSampler
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
+from tests.gateway.test_usage import ledger_rows
 
 SECRET_MAIL, SECRET_CARD = "jane.doe@example.com", "4111 1111 1111 1111"
 
@@ -64,10 +66,18 @@ async def test_samples_are_redacted_and_only_admins_read_them(sampling: httpx.As
 
 
 @pytest.mark.parametrize("sampling", [0.0], indirect=True)
-async def test_nothing_is_sampled_at_rate_zero(sampling: httpx.AsyncClient) -> None:
+async def test_nothing_is_sampled_at_rate_zero(sampling: httpx.AsyncClient, database_url: str) -> None:
     client = sampling
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     for _ in range(3):
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
-    await asyncio.sleep(0.3)
+    assert len(await ledger_rows(database_url, 3)) == 3
+    await asyncio.sleep(1.5)  # past the sampler's flush interval (1 s)
     assert (await client.get("/admin/review")).json()["data"] == []
+
+
+def test_a_draw_beyond_the_bound_of_waiting_samples_is_skipped() -> None:
+    sampler = ReviewSampler(None, rate=1.0, max_pending=2)  # type: ignore[arg-type]  # never written
+    for _ in range(3):
+        sampler.offer(None, "chat.completions", "ok")  # type: ignore[arg-type]  # not read until written
+    assert (sampler.pending, sampler.skipped) == (2, 1)

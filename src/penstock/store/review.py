@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,24 +21,24 @@ class ReviewSample:
     created_at: datetime | None = None
 
 
+# The batch as one JSON array of ReviewSamples (as the ledger's rows travel, store/ledger.py).
+_INSERT = (
+    "INSERT INTO review_samples (request_id, tenant_id, deployment, route, prompt, completion)"
+    " SELECT request_id, tenant, deployment, route, prompt, completion FROM jsonb_to_recordset(%s::jsonb)"
+    " AS r(request_id text, tenant text, deployment text, route text, prompt jsonb, completion text)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+
+
 class ReviewStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def insert(self, sample: ReviewSample) -> None:
-        async with self._db.connection() as conn:
-            await conn.execute(
-                "INSERT INTO review_samples (request_id, tenant_id, deployment, route, prompt, completion)"
-                " VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (request_id) DO NOTHING",
-                (
-                    sample.request_id,
-                    sample.tenant,
-                    sample.deployment,
-                    sample.route,
-                    storable_json(sample.prompt),
-                    sample.completion,
-                ),
-            )
+    async def insert(self, samples: Sequence[ReviewSample]) -> None:
+        """One statement for the batch; a sample already written is skipped."""
+        if samples:
+            async with self._db.connection() as conn:
+                await conn.execute(_INSERT, (storable_json(samples),))
 
     async def sample(self, limit: int, tenant: str | None = None, since: datetime | None = None) -> list[ReviewSample]:
         """Up to `limit` samples drawn at random (newer than `since`, of `tenant`, when given)."""
