@@ -71,8 +71,8 @@ class GatewayBenchResult:
     ratio_p50_vs_peer: float  # peer p50 ÷ ours: how many times less latency we add
     load_generator: str
     command: str
-    # Closed-loop max rate with and without request observability (metrics, logs; traces are off by
-    # default), from rounds that load two gateways at once, sharing one CPU: the rates are medians over
+    # Closed-loop max rate with and without request observability (metrics, logs, review samples; traces
+    # are off by default), from rounds that load two gateways at once, sharing one CPU: the rates are medians over
     # rounds (each gateway's, with half the CPU), the costs medians over rounds of each round's.
     max_rps_observed: float = 0.0
     max_rps_unobserved: float = 0.0

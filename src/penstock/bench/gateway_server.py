@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--no-observability", action="store_true", help="No request metrics, logs or traces.")
+    parser.add_argument(
+        "--no-observability", action="store_true", help="No request metrics, logs, traces or review samples."
+    )
     args = parser.parse_args()
     configure_logging("info")  # the request log is part of the path being measured
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -63,10 +65,17 @@ def main() -> None:
         admin_key=SecretStr(ADMIN_KEY),
         redis_url=args.redis_url,
         database_url=args.database_url,
-        observability=ObservabilityConfig(metrics=not args.no_observability, request_logs=not args.no_observability),
+        observability=_observability(not args.no_observability),
     )
     app = build_app(settings, {MODEL: InstantModel()})
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+
+
+def _observability(on: bool) -> ObservabilityConfig:
+    """As `penstock serve` has it by default (traces are off there too), or all of it off."""
+    if on:
+        return ObservabilityConfig()
+    return ObservabilityConfig(metrics=False, request_logs=False, review_sample_rate=0.0)
 
 
 if __name__ == "__main__":
