@@ -34,7 +34,9 @@ def test_a_log_line_is_one_redacted_json_line_on_the_current_stderr(monkeypatch:
     assert line["event"] == "request" and line["level"] == "info" and line["timestamp"].endswith("Z")
 
 
-def test_the_request_lines_of_a_turn_are_redacted_json_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_turns_request_lines_are_written_at_once_redacted_but_for_their_makers_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stream = io.StringIO()
     writes: list[str] = []
     monkeypatch.setattr(stream, "write", lambda text: writes.append(text) or len(text))
@@ -42,10 +44,8 @@ def test_the_request_lines_of_a_turn_are_redacted_json_written_at_once(monkeypat
     configure_logging("info")
     lines = RequestLines()
     assert lines.enabled
-    lines.add(
-        {"request_id": "4111111111111111", "tenant": "bob@example.com", "total_ms": 1.5, "stage_ms": {"decode": 2.0}}
-    )
-    lines.add({"request_id": "9f0e", "tenant": "acme", "authorization": "Bearer abc", "prompt_tokens": 3})
+    lines.add({"total_ms": 1.5, "stage_ms": {"decode": 2.0}}, {"request_id": "4111111111111111", "tenant": "bob@x.io"})
+    lines.add({"prompt_tokens": 3, "route": "a@b.io"}, {"request_id": "9f0e", "authorization": "Bearer abc"})
     assert writes == []  # nothing until the batch is written
     lines.write()
     lines.write()  # nothing left: nothing written
@@ -54,6 +54,7 @@ def test_the_request_lines_of_a_turn_are_redacted_json_written_at_once(monkeypat
     assert first["request_id"] == "[CARD]" and first["tenant"] == "[EMAIL]"
     assert first["stage_ms"] == {"decode": 2.0} and first["total_ms"] == 1.5
     assert second["authorization"] == "[REDACTED]" and second["prompt_tokens"] == 3
+    assert second["route"] == "a@b.io"  # its maker's own: written as it is
     for line in (first, second):
         assert line["event"] == "request" and line["level"] == "info" and line["timestamp"].endswith("Z")
 

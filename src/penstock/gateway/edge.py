@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from penstock.observability.engine_metrics import LATENCY_BUCKETS
-from penstock.observability.lean_metrics import LeanCounter, LeanHistogram
+from penstock.observability.lean_metrics import CounterSeries, HistogramSeries, LeanCounter, LeanHistogram
 from penstock.observability.per_turn import PerTurn
 from penstock.observability.tracing import Tracing
 
@@ -47,6 +47,8 @@ class HttpMetrics:
             LATENCY_BUCKETS,
         )
         self._exchanges: PerTurn[tuple[str, str, int, float]] = PerTurn(self._count)
+        # Both series of each kind of exchange, looked up once per kind instead of twice per exchange.
+        self._series: dict[tuple[str, str, int], tuple[CounterSeries, HistogramSeries]] = {}
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
         """Called by the event loop only (lean_metrics has one writer); counted with the loop turn's others
@@ -58,9 +60,16 @@ class HttpMetrics:
         self._exchanges.flush()
 
     def _count(self, exchanges: list[tuple[str, str, int, float]]) -> None:
+        kinds = self._series
         for method, route, code, seconds in exchanges:
-            self.responses.labels(method, route, str(code)).inc()
-            self.seconds.labels(method, route).observe(seconds)
+            series = kinds.get((method, route, code))
+            if series is None:
+                series = kinds[(method, route, code)] = (
+                    self.responses.labels(method, route, str(code)),
+                    self.seconds.labels(method, route),
+                )
+            series[0].inc()
+            series[1].observe(seconds)
 
 
 class EdgeMiddleware:

@@ -134,7 +134,7 @@ class UsageRecorder:
         # The model as the client wrote it, which may be no model at all but anything they typed.
         named = redact(model) if model else None
         row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=named)
-        self._settle(row, error_message=error.message)
+        self._settle(row, error_message=error.message)  # our words, which may quote the client's
 
     @contextmanager
     def refusals(self, request_id: str, caller: Caller, route: str, model: str | None) -> Iterator[None]:
@@ -152,8 +152,14 @@ class UsageRecorder:
         return (config.input_cost_per_1k * prompt_tokens + config.output_cost_per_1k * completion_tokens) / 1000
 
     def _settle(
-        self, row: LedgerRow, timer: StageTimer | None = None, retrieval: Retrieval | None = None, **details: object
+        self,
+        row: LedgerRow,
+        timer: StageTimer | None = None,
+        retrieval: Retrieval | None = None,
+        error_message: str | None = None,
+        **details: object,
     ) -> None:
+        """`details`: more of the request's own facts for its log line and trace (route reason, flags)."""
         if self._writer is not None:
             self._writer.record(row)
         self._recent[row.request_id] = (row.tenant, row.deployment)
@@ -162,7 +168,7 @@ class UsageRecorder:
         if timer is not None and self._tracing.tracer is not None:  # attributes only for a trace to hold them
             self._tracing.record_stages(timer, _span_attributes(row, details))
         if self._metrics is not None or self._log is not None:
-            self._observations.put(_Settled(row, timer, retrieval, self._tracing.trace_id(), details))
+            self._observations.put(_Settled(row, timer, retrieval, self._tracing.trace_id(), details, error_message))
 
     def _observe(self, batch: list[_Settled]) -> None:
         """Settled requests' series and log lines, made a loop turn later (observability/per_turn.py)."""
@@ -173,11 +179,14 @@ class UsageRecorder:
             return
         for settled in batch:
             row = settled.row
+            # Ours: ids we issued, names from the configuration, our statuses and reasons, numbers. The
+            # request id may be the client's, a tenant's id is an operator's, an error may quote the client.
+            others = {"request_id": row.request_id, "tenant": row.tenant}
+            if settled.error_message is not None:
+                others["error_message"] = settled.error_message
             self._log.add(
                 {
-                    "request_id": row.request_id,
                     "trace_id": settled.trace_id,
-                    "tenant": row.tenant,
                     "key_id": row.key_id,
                     "route": row.route,
                     "deployment": row.deployment,
@@ -187,7 +196,8 @@ class UsageRecorder:
                     "total_ms": round(row.latency_ms, 3) if row.latency_ms is not None else None,
                     "stage_ms": row.stage_ms,
                     **settled.details,
-                }
+                },
+                others,
             )
         self._log.write()
 
@@ -199,6 +209,7 @@ class _Settled:
     retrieval: Retrieval | None
     trace_id: str | None  # read while the request's span is current
     details: Mapping[str, object]
+    error_message: str | None
 
 
 def _span_attributes(row: LedgerRow, details: Mapping[str, object]) -> dict[str, str | int | float]:

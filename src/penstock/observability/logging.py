@@ -81,7 +81,11 @@ class JsonLine:
 
     def render(self, level: str, event: Mapping[str, Any], timestamp: str | None = None) -> bytes:
         """One line, without its newline; stamped now unless given its `timestamp`."""
-        redacted = redact_event(None, level, event)  # a copy: the level and time are not the caller's to redact
+        # A copy: the level and time are not the caller's to redact.
+        return self.dump(level, redact_event(None, level, event), timestamp)
+
+    def dump(self, level: str, redacted: dict[str, Any], timestamp: str | None = None) -> bytes:
+        """The line of an event redacted already, which it adds the level and time to."""
         redacted["level"] = level
         redacted["timestamp"] = timestamp or self._stamp.now()
         return orjson.dumps(redacted, default=str)
@@ -92,24 +96,32 @@ class JsonLine:
 
 class RequestLines:
     """The request log: a line per settled request, rendered by the chain's `JsonLine` and written a
-    batch at a time (`write`), on the current stderr, when structlog's configured level takes INFO."""
+    batch at a time (`write`), on the current stderr, when structlog's configured level takes INFO.
+
+    A line's maker says which of its fields are Penstock's own: values it made (ids it issued, names
+    from its configuration, its statuses, numbers), which no client's text reaches. Those are written
+    as they are; every other field is redacted as any log field is. Redacting a whole request line
+    field by field was most of what the line cost (bench gateway: about 7 of its 11 microseconds).
+    """
 
     def __init__(self) -> None:
         self.enabled = structlog.get_logger("penstock.request").bind().is_enabled_for(logging.INFO)
         self._line = JsonLine()
-        self._events: list[dict[str, object]] = []
+        self._events: list[dict[str, Any]] = []
 
-    def add(self, fields: dict[str, object]) -> None:
-        """A request's line, made of `fields` (which it keeps, adding the event's name) when written."""
-        fields["event"] = "request"
-        self._events.append(fields)
+    def add(self, ours: Mapping[str, object], others: Mapping[str, object]) -> None:
+        """A request's line: `others` redacted, then `ours` as they are."""
+        event = redact_event(None, "info", others)
+        event.update(ours)
+        event["event"] = "request"
+        self._events.append(event)
 
     def write(self) -> None:
         if not self._events:
             return
         events, self._events = self._events, []
         line, now = self._line, self._line.now()  # one time for the batch: its requests settled in one loop turn
-        _CurrentStderr().msg(b"\n".join([line.render("info", event, now) for event in events]).decode())
+        _CurrentStderr().msg(b"\n".join([line.dump("info", event, now) for event in events]).decode())
 
 
 def configure_logging(level: str = "info") -> None:
