@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from penstock.bench.gateway import GatewayBenchOptions, GatewayBenchResult, Round, paired_cost, run_gateway_bench
+from penstock.bench.gateway import (
+    GatewayBenchOptions,
+    GatewayBenchResult,
+    Round,
+    cost_over_orders,
+    paired_cost,
+    run_gateway_bench,
+)
 
 REQUIRED = ("overhead_p50_ms", "overhead_p99_ms", "max_rps")
 
@@ -52,3 +59,12 @@ def test_the_cost_is_taken_within_pairs_so_that_drift_between_pairs_cancels() ->
     ]
     cost = paired_cost(pairs)
     assert cost.rps_pct == pytest.approx(10.0) and cost.cpu_pct == pytest.approx(10.0)
+
+
+def test_what_favours_the_gateway_started_second_cancels_over_the_two_start_orders() -> None:
+    # Observability costs 5%; the gateway started second gets 2% more done, whichever it is.
+    observed_second = [(Round(rps=950 * 1.02, cpu_us=1050 / 1.02), Round(rps=1000, cpu_us=1000))] * 3
+    observed_first = [(Round(rps=950, cpu_us=1050), Round(rps=1000 * 1.02, cpu_us=1000 / 1.02))] * 3
+    cost = cost_over_orders([observed_second, observed_first])
+    assert cost.rps_pct == pytest.approx(5.0, abs=0.05) and cost.cpu_pct == pytest.approx(5.0, abs=0.05)
+    assert paired_cost(observed_first).rps_pct == pytest.approx(6.86, abs=0.01)  # one order alone would not do
