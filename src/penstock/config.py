@@ -54,8 +54,8 @@ class DeploymentConfig(BaseModel):
     # above, untimed. int4-bf16: auto's timed choice on any checkpoint. fp32: the exact reference.
     weights: Literal["auto", "fp32", "int4", "int4-bf16"] = "auto"
     # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
-    input_cost_per_1k: float = Field(default=0.0, ge=0)
-    output_cost_per_1k: float = Field(default=0.0, ge=0)
+    input_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # inf would make a NaN cost
+    output_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
 

@@ -43,6 +43,23 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/chat/completions", rb'{"model": "m", "messages": [{"role": "user", "content": "hi \udc00"}]}'),
+        (
+            "/v1/chat/completions",
+            rb'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+        ),
+        ("/v1/feedback", rb'{"request_id": "r", "rating": 1, "comment": "\ud800"}'),
+    ],
+)
+async def test_json_that_is_not_strict_json_is_400(client: httpx.AsyncClient, route: str, body: bytes) -> None:
+    """A lone surrogate escape (which no string can be encoded from: it was a 500) or a NaN literal."""
+    response = await client.post(route, content=body, headers={"Content-Type": "application/json"})
+    assert assert_openai_error(response, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
     ("change", "param"),
     [
         ({"messages": []}, "messages"),

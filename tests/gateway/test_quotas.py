@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from penstock.gateway.quotas import QuotaBook
 from penstock.identity import TenantLimits
 from penstock.store.database import Database
 from penstock.store.ledger import LedgerRow, LedgerStore
+from penstock.store.ledger_spool import LedgerSpool
 from penstock.types import Caller
 
 NOW = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
@@ -58,7 +60,7 @@ async def test_the_writer_keeps_rows_while_the_database_is_closed(database: Data
     assert not await writer.flush() and writer.pending == 1
     await database.open()
     assert await writer.flush() and writer.pending == 0
-    spend = await LedgerStore(database).spend_since(NOW.date(), NOW.date().replace(day=1))
+    spend = await LedgerStore(database).tenant_spend(NOW.date(), NOW.date().replace(day=1))
     assert spend["acme"].day.tokens == 5
 
 
@@ -67,3 +69,11 @@ def test_the_writer_drops_the_oldest_rows_beyond_its_bound() -> None:
     for i in range(3):
         writer.record(row(str(i), 1, 0.0, NOW))
     assert (writer.pending, writer.dropped) == (2, 1)
+
+
+async def test_rows_the_spool_cannot_take_wait_in_memory(tmp_path: Path, database: Database) -> None:
+    (tmp_path / "not-a-directory").write_text("")  # the spool's folder cannot be made: an OSError
+    writer = LedgerWriter(LedgerStore(database), LedgerSpool(tmp_path / "not-a-directory" / "ledger.jsonl"))
+    await database.close()
+    writer.record(row("kept", 5, 0.0, NOW))
+    assert not await writer.flush() and writer.pending == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -14,6 +15,8 @@ from penstock.app import build_app
 from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.served import ServedModel
 from penstock.gateway.review import ReviewSampler
+from penstock.pipeline import Prepared
+from penstock.store.review import ReviewSample
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
@@ -81,3 +84,35 @@ def test_a_draw_beyond_the_bound_of_waiting_samples_is_skipped() -> None:
     for _ in range(3):
         sampler.offer(None, "chat.completions", "ok")  # type: ignore[arg-type]  # not read until written
     assert (sampler.pending, sampler.skipped) == (2, 1)
+
+
+class Samples:
+    """A review store in memory whose first write hangs until cancelled, when `hang` is set."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.written: list[ReviewSample] = []
+        self.hang = hang
+
+    async def insert(self, samples: list[ReviewSample]) -> None:
+        if self.hang:
+            self.hang = False
+            await asyncio.sleep(3600)
+        self.written += samples
+
+
+def drawn(request_id: str, prompt: str) -> Prepared:
+    request = SimpleNamespace(request_id=request_id, raw_prompt=prompt, caller=SimpleNamespace(tenant="acme"))
+    return SimpleNamespace(request=request, decision=SimpleNamespace(deployment="small"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["waiting", "being written"])
+async def test_samples_waiting_or_being_written_at_stop_are_written_redacted(hang: bool) -> None:
+    store = Samples(hang)
+    sampler = ReviewSampler(store, rate=1.0, flush_s=0.01 if hang else 3600)  # type: ignore[arg-type]
+    sampler.start()
+    sampler.offer(drawn("r1", f"mail me at {SECRET_MAIL}"), "completions", "ok")
+    await asyncio.sleep(0.05)  # with `hang`, the periodic write has taken it and hangs
+    await sampler.stop()
+    assert [(s.request_id, s.prompt) for s in store.written] == [
+        ("r1", [{"role": "prompt", "content": "mail me at [EMAIL]"}])
+    ]

@@ -90,3 +90,5 @@ async def test_client_text_with_nul_characters_is_stored_without_them(
     async with await connect(database_url) as conn:
         cursor = await conn.execute("SELECT comment FROM feedback")
         assert await cursor.fetchall() == [("badanswer",)]
+    key = await new_key(client, name="k\u0000ey", models=["some\u0000model"])  # text and jsonb columns
+    assert (key["name"], key["scopes"]["models"]) == ("key", ["somemodel"])

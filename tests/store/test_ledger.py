@@ -39,7 +39,7 @@ async def test_spend_counts_each_kept_row_once_by_utc_day(database: Database) ->
     yesterday, last_month = NOW - timedelta(days=1), NOW - timedelta(days=30)
     await store.insert([row("a", "acme", 10, 0.5), row("b", "acme", 5, 0.25, yesterday), row("c", "beta", 1, 0.0)])
     await store.insert([row("a", "acme", 10, 0.5), row("d", "acme", 100, 9.0, last_month)])  # "a" replayed
-    spend = await store.spend_since(TODAY, MONTH)
+    spend = await store.tenant_spend(TODAY, MONTH)
     assert (spend["acme"].day.tokens, spend["acme"].day.cost) == (10, 0.5)
     assert (spend["acme"].month.tokens, spend["acme"].month.cost) == (15, 0.75)
     assert (spend["beta"].day.tokens, spend["beta"].month.tokens) == (1, 1)
@@ -54,7 +54,7 @@ async def test_the_day_is_utcs_whatever_the_writers_time_zone(database: Database
             (NOW,),
         )
         await conn.commit()
-    assert (await LedgerStore(database).spend_since(TODAY, MONTH))["acme"].day.tokens == 2
+    assert (await LedgerStore(database).tenant_spend(TODAY, MONTH))["acme"].day.tokens == 2
 
 
 async def test_replicas_writing_the_same_tenants_at_once_add_up_exactly(database_url: str) -> None:
@@ -67,7 +67,7 @@ async def test_replicas_writing_the_same_tenants_at_once_add_up_exactly(database
         ]
         stores = [LedgerStore(one), LedgerStore(two)]
         await asyncio.gather(*(stores[i % 2].insert(batch) for i, batch in enumerate(batches)))
-        spend = await stores[0].spend_since(TODAY, MONTH)
+        spend = await stores[0].tenant_spend(TODAY, MONTH)
     assert {tenant: (s.day.tokens, s.month.cost) for tenant, s in spend.items()} == {
         tenant: (40, 20.0) for tenant in ("acme", "beta", "gamma")
     }
@@ -82,3 +82,11 @@ async def test_the_migration_totals_the_rows_already_in_the_ledger(blank_databas
     async with await connect(blank_database_url) as conn:
         cursor = await conn.execute("SELECT tenant_id, day, tokens, cost::float8 FROM tenant_daily_spend ORDER BY day")
         assert await cursor.fetchall() == [("acme", date(2026, 11, 24), 4, 0.25), ("acme", TODAY, 3, 0.5)]
+
+
+async def test_a_nul_in_a_row_costs_neither_it_nor_its_batch(database: Database) -> None:
+    named = LedgerRow("n", "acme", None, "chat.completions", "model_not_found", NOW, model="no\x00such")
+    await LedgerStore(database).insert([named, row("ok", "acme", 1, 0.0)])
+    async with database.connection() as conn:
+        cursor = await conn.execute("SELECT request_id, model FROM usage_ledger ORDER BY request_id")
+        assert await cursor.fetchall() == [("n", "nosuch"), ("ok", None)]

@@ -73,3 +73,11 @@ async def test_replaying_rows_already_written_counts_none_twice(tmp_path: Path, 
     async with database.connection() as conn:
         found = await (await conn.execute("SELECT request_id, cost FROM usage_ledger ORDER BY request_id")).fetchall()
     assert [r[0] for r in found] == ["a", "b"]
+
+
+async def test_a_row_json_cannot_carry_is_left_out_and_the_others_kept(tmp_path: Path) -> None:
+    spool = LedgerSpool(tmp_path / "ledger.jsonl")
+    bad = LedgerRow("bad", "acme", None, "chat.completions", "ok", datetime.now(UTC), model="\ud800")
+    spool.append([*rows("a"), bad, *rows("b")])
+    insert = Collect()
+    assert await spool.replay(insert) == 2 and [r.request_id for r in insert.rows] == ["a", "b"]

@@ -73,8 +73,9 @@ class GatewayBenchResult:
     load_generator: str
     command: str
     # Closed-loop max rate with and without request observability (metrics, logs, review samples; traces
-    # are off by default), from rounds that load two gateways at once, sharing one CPU: the rates are medians over
-    # rounds (each gateway's, with half the CPU), the costs medians over rounds of each round's.
+    # are off by default), from rounds that load two gateways at once, sharing one CPU: the rates are
+    # medians over rounds (each gateway's, with half the CPU); the costs, each round's, are medians over
+    # the rounds of each start order, averaged over the two orders.
     max_rps_observed: float = 0.0
     max_rps_unobserved: float = 0.0
     observability_cost_pct: float = 0.0
@@ -150,8 +151,8 @@ class Round:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    rps_pct: float  # median over pairs of the throughput lost to observability (mean over start orders)
-    cpu_pct: float  # median over pairs of the CPU per request it adds (mean over start orders)
+    rps_pct: float  # the throughput lost to observability
+    cpu_pct: float  # the CPU per request it adds
 
 
 def _observability_rounds(
@@ -174,7 +175,7 @@ def _observability_rounds(
 
 
 def cost_over_orders(orders: list[list[tuple[Round, Round]]]) -> Cost:
-    """The mean over start orders of each order's cost, so that what favours one order cancels."""
+    """The mean over start orders of each order's cost (its pairs' median), so what favours one order cancels."""
     costs = [paired_cost(pairs) for pairs in orders]
     return Cost(statistics.fmean(c.rps_pct for c in costs), statistics.fmean(c.cpu_pct for c in costs))
 

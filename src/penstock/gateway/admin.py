@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from penstock.errors import DependencyUnavailable, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
+from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.services import Services, services
 from penstock.identity import ApiKey, KeyScopes, RateLimits, Tenant
 from penstock.types import Caller
@@ -29,7 +30,7 @@ async def admin(who: Caller = Depends(caller)) -> Caller:
     return who
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], responses=ADMIN_ERRORS)
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], responses=ADMIN_ERRORS, route_class=StrictJsonRoute)
 
 
 class KeyRequest(BaseModel):

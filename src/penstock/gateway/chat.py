@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from penstock.gateway.convert import chat_request, text_request
+from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.respond import respond
 from penstock.gateway.schemas import (
     ChatCompletion,
@@ -20,7 +21,7 @@ from penstock.gateway.shapes import ChatShape, TextShape
 from penstock.observability.timing import StageTimer
 from penstock.types import Caller
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)}
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
+from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.principal import principal_of
 from penstock.gateway.scopes import check_collections
 from penstock.gateway.services import RetrievalServices, Services, services
@@ -23,7 +24,7 @@ from penstock.retrieval.ingest import IncomingDocument
 from penstock.retrieval.parsers import Format, format_of
 from penstock.types import Acl, Caller
 
-router = APIRouter(prefix="/v1/collections", responses=ERRORS)
+router = APIRouter(prefix="/v1/collections", responses=ERRORS, route_class=StrictJsonRoute)
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 
 

@@ -14,13 +14,14 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from penstock.errors import InvalidRequest, ModelNotFound
 from penstock.gateway.chat import ERRORS, caller
+from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.schemas import EmbeddingList, EmbeddingOut, EmbeddingRequest, EmbeddingUsage
 from penstock.gateway.scopes import check_scopes
 from penstock.gateway.services import Services, services
 from penstock.observability.timing import StageTimer
 from penstock.types import Caller
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 MAX_INPUTS = 2048  # OpenAI's cap per request
 ROUTE = "embeddings"
 

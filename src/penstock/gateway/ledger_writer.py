@@ -102,10 +102,13 @@ class LedgerWriter:
         return True
 
     def _keep(self, batch: list[LedgerRow]) -> None:
-        if self._spool is None:
-            self._pending.extendleft(reversed(batch))
-        else:
-            self._spool_pending(batch)
+        if self._spool is not None:
+            try:
+                self._spool_pending(batch)
+                return
+            except OSError as exc:  # a full disk, say: the rows wait in memory instead
+                log.error("ledger_spool_failed", error=str(exc), rows=len(batch) + len(self._pending))
+        self._pending.extendleft(reversed(batch))
 
     def _spool_pending(self, batch: list[LedgerRow]) -> None:
         assert self._spool is not None

@@ -53,7 +53,7 @@ class QuotaBook:
 
     async def refresh(self) -> None:
         period = _periods(self._clock())
-        reported = await self._ledger.spend_since(period[0].date(), period[1].date())
+        reported = await self._ledger.tenant_spend(period[0].date(), period[1].date())
         self._period, self._spend = period, reported
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ from penstock.pipeline import Prepared
 from penstock.store.review import ReviewSample, ReviewStore
 
 log = structlog.get_logger("penstock.review")
+_REDACTED_AT_ONCE = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class ReviewSampler:
             return
         if len(self._pending) >= self._max_pending:
             self.skipped += 1
+            if self.skipped % 1000 == 1:
+                log.warning("review_samples_skipped", skipped=self.skipped, max_pending=self._max_pending)
             return
         self._pending.append(_Drawn(prepared, route, completion))
 
@@ -81,7 +84,14 @@ class ReviewSampler:
         if not drawn:
             return
         try:
-            await self._store.insert([_sample(d) for d in drawn])
+            samples: list[ReviewSample] = []
+            for start in range(0, len(drawn), _REDACTED_AT_ONCE):
+                samples += [_sample(d) for d in drawn[start : start + _REDACTED_AT_ONCE]]
+                await asyncio.sleep(0)  # long prompts take a while to redact: requests go on in between
+            await self._store.insert(samples)
+        except asyncio.CancelledError:  # a stop during the write: stop() writes them again (a duplicate is skipped)
+            self._pending[:0] = drawn
+            raise
         except Exception as exc:  # a lost sample is a smaller review set, not a failed request
             log.warning("review_samples_failed", samples=len(drawn), error_type=type(exc).__name__)
 

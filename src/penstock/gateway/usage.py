@@ -179,8 +179,9 @@ class UsageRecorder:
             return
         for settled in batch:
             row = settled.row
-            # Ours: ids we issued, names from the configuration, our statuses and reasons, numbers. The
-            # request id may be the client's, a tenant's id is an operator's, an error may quote the client.
+            # Ours: ids we issued (or a client's trace id, which is hex), names from the configuration, our
+            # statuses and reasons, numbers. The request id may be the client's, a tenant's id is an
+            # operator's, an error may quote the client.
             others = {"request_id": row.request_id, "tenant": row.tenant}
             if settled.error_message is not None:
                 others["error_message"] = settled.error_message

@@ -15,13 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
+from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.services import Services, services
 from penstock.observability.redaction import redact
 from penstock.store.feedback import Feedback
 from penstock.store.ledger import LedgerStore
 from penstock.types import Caller
 
-router = APIRouter(responses=ERRORS)
+router = APIRouter(responses=ERRORS, route_class=StrictJsonRoute)
 MAX_DAYS = 366
 
 

@@ -3,7 +3,8 @@
 Every request writes a line, so the chain is kept short: no context-variable merging (nothing binds
 any), and its end is one processor, `JsonLine`: redaction, the level, a timestamp whose date and time
 to the second are formatted once a second, orjson. The request log (`RequestLines`) calls that same
-processor directly, skipping structlog's call machinery, and writes a loop turn's lines at once.
+processor directly, skipping structlog's call machinery, redacts only the fields its maker does not
+vouch for, and writes a loop turn's lines at once.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from penstock.identity import (
     new_secret,
 )
 from penstock.store.database import Database
+from penstock.store.storable import storable_json
 
 _KEY_COLUMNS = "id, tenant_id, name, prefix, scopes, created_at, expires_at, revoked_at"
 _TENANT_COLUMNS = "id, name, limits, created_at"
@@ -52,7 +53,7 @@ class KeyStore:
                 row = await (
                     await conn.execute(
                         f"INSERT INTO tenants (id, name, limits) VALUES (%s, %s, %s) RETURNING {_TENANT_COLUMNS}",
-                        (tenant.id, tenant.name, Jsonb(tenant.limits.model_dump(exclude_none=True))),
+                        (tenant.id, tenant.name, _limits_json(tenant)),
                     )
                 ).fetchone()
         except psycopg.errors.UniqueViolation as exc:
@@ -66,7 +67,7 @@ class KeyStore:
                 "INSERT INTO tenants (id, name, limits) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
                 " SET name = EXCLUDED.name, limits = EXCLUDED.limits, change = nextval('key_changes')"
                 " WHERE (tenants.name, tenants.limits) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.limits)",
-                (tenant.id, tenant.name, Jsonb(tenant.limits.model_dump(exclude_none=True))),
+                (tenant.id, tenant.name, _limits_json(tenant)),
             )
 
     async def list_tenants(self) -> list[Tenant]:
@@ -125,8 +126,12 @@ class KeyStore:
         return Changes({row[0]: _key(row[2:]) for row in keys}, [_tenant(row[1:]) for row in tenants], last)
 
 
+def _limits_json(tenant: Tenant) -> Jsonb:
+    return Jsonb(tenant.limits.model_dump(exclude_none=True), dumps=storable_json)
+
+
 def _scopes_json(scopes: KeyScopes) -> Jsonb:
-    return Jsonb(scopes.model_dump(mode="json", exclude_defaults=True))
+    return Jsonb(scopes.model_dump(mode="json", exclude_defaults=True), dumps=storable_json)
 
 
 def _key(row: Sequence[Any] | None) -> ApiKey:

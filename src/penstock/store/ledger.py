@@ -1,4 +1,5 @@
-"""The usage ledger in PostgreSQL: one row per request, written in batches, summed for budgets."""
+"""The usage ledger in PostgreSQL: one row per request, written in batches; budgets read the daily
+totals the database keeps beside it (migration 0005)."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class LedgerStore:
         async with self._db.connection() as conn:
             await conn.execute(_INSERT, (storable_json(rows),))
 
-    async def spend_since(self, day: date, month_start: date) -> dict[str, TenantSpend]:
+    async def tenant_spend(self, day: date, month_start: date) -> dict[str, TenantSpend]:
         """Each tenant's spend on the UTC day `day` and from `month_start` on, from the daily totals."""
         query = (
             "SELECT tenant_id,"

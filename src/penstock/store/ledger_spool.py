@@ -33,7 +33,7 @@ class LedgerSpool:
         """On disk (fsynced) when this returns."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as spool:
-            spool.writelines(orjson.dumps(row) + b"\n" for row in rows)  # the rows as the ledger's insert sends them
+            spool.writelines(line for line in map(_encoded, rows) if line)
             spool.flush()
             os.fsync(spool.fileno())
 
@@ -53,6 +53,15 @@ class LedgerSpool:
         self._replaying.unlink()
         log.info("ledger_spool_replayed", rows=replayed)
         return replayed
+
+
+def _encoded(row: LedgerRow) -> bytes:
+    """The row as a JSON line; empty, and logged, for one that JSON cannot carry (it could never be written)."""
+    try:
+        return orjson.dumps(row) + b"\n"
+    except TypeError as exc:  # a string with a lone surrogate, say: kept, it would fail every replay
+        log.error("ledger_row_unwritable", request_id=row.request_id, error=str(exc))
+        return b""
 
 
 def _read(path: Path) -> Iterator[LedgerRow]:
