@@ -78,12 +78,9 @@ class JsonLine:
         self._stamp = IsoTimestamp()
 
     def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
-        return self.render(_LEVELS.get(method_name, method_name), event_dict).decode()
-
-    def render(self, level: str, event: Mapping[str, Any], timestamp: str | None = None) -> bytes:
-        """One line, without its newline; stamped now unless given its `timestamp`."""
+        level = _LEVELS.get(method_name, method_name)
         # A copy: the level and time are not the caller's to redact.
-        return self.dump(level, redact_event(None, level, event), timestamp)
+        return self.dump(level, redact_event(None, level, event_dict)).decode()
 
     def dump(self, level: str, redacted: dict[str, Any], timestamp: str | None = None) -> bytes:
         """The line of an event redacted already, which it adds the level and time to."""

@@ -195,7 +195,10 @@ def _redact_fields(fields: Mapping[Any, Any], region: str) -> dict[Any, Any]:
         kind = type(value)
         if kind is str:
             done = remembered.get(value)
-            redacted[key] = done if done is not None else redact_value(value, region)
+            if done is None:
+                short = len(value) <= _REMEMBERED_LENGTH
+                done = _remember(value, remembered, region) if short else redact(value, region)
+            redacted[key] = done
         elif kind in _INERT or (kind is int and -_CARD_FLOOR < value < _CARD_FLOOR):
             redacted[key] = value
         else:
@@ -216,8 +219,11 @@ _REMEMBERED: dict[str, dict[str, str]] = {}
 def _remembered(text: str, region: str) -> str:
     remembered = _REMEMBERED.setdefault(region, {})
     done = remembered.get(text)
-    if done is not None:
-        return done
+    return done if done is not None else _remember(text, remembered, region)
+
+
+def _remember(text: str, remembered: dict[str, str], region: str) -> str:
+    """`text` redacted, and remembered in `remembered` (its region's) unless it is an opaque id."""
     if _OPAQUE_ID.fullmatch(text):
         return text
     done = detect(text, region)
