@@ -125,7 +125,12 @@ def build_app(
             allow_origins=settings.policy.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS), "retry-after"],
+            expose_headers=[
+                "x-request-id",
+                "x-client-request-id",
+                *(f"x-ratelimit-{h}" for h in RATELIMIT_HEADERS),
+                "retry-after",
+            ],
         )
     app.add_middleware(EdgeMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
     for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics, dashboard):

@@ -16,11 +16,6 @@ from penstock.engine.served import ServedModel
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 
 
-async def test_a_clients_request_id_is_echoed_and_a_missing_one_is_made(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/v1/models", headers={"x-request-id": "trace-42"})).headers["x-request-id"] == "trace-42"
-    assert len((await client.get("/v1/models")).headers["x-request-id"]) == 32
-
-
 async def test_cors_allows_configured_origins_and_exposes_the_limit_headers(
     database_url: str, served: dict[str, ServedModel], tmp_path: Path
 ) -> None:

@@ -1,8 +1,11 @@
 """Every HTTP exchange, whatever its fate: named by its x-request-id, and, with observability on, counted,
 timed and traced.
 
-The request id is the client's if it sent a sane one, otherwise ours, and is always echoed back.
-This is the only place that sees requests refused before a handler runs (a bad key, a body that
+The request id is always ours, and always echoed back: it keys the ledger row, the in-flight slot
+and feedback, so a client choosing it could bill many requests as one, pass a cap on requests in
+flight, or take another tenant's request id. A client's own id (`X-Client-Request-Id`, as OpenAI
+takes it, or `X-Request-Id`) is kept as a label only: echoed as `x-client-request-id` and put on
+the trace. This is the only place that sees requests refused before a handler runs (a bad key, a body that
 is not JSON, an unknown path), so the error rates by status code come from here. When tracing is
 on, the request's root span starts here, under the client's W3C `traceparent` if it sent one, and
 stays current while the request runs, so the stage spans written at settlement become its children.
@@ -82,22 +85,24 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE.match(given) else uuid.uuid4().hex
+        request_id, label = uuid.uuid4().hex, _client_label(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        echoed = [(b"x-request-id", request_id.encode())]
+        if label is not None:
+            echoed.append((b"x-client-request-id", label.encode()))
         started, code = perf_counter(), 500  # a response never started is a failure
 
         async def edge_send(message: Message) -> None:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                message.setdefault("headers", []).extend(echoed)
             await send(message)
 
         if self.metrics is None and self.tracer is None:
             await self.app(scope, receive, edge_send)
             return
-        span, token = self._open_span(scope)
+        span, token = self._open_span(scope, label)
         try:
             await self.app(scope, receive, edge_send)
         finally:
@@ -108,13 +113,23 @@ class EdgeMiddleware:
                 _close_span(span, scope, route, code)
                 otel_context.detach(token)
 
-    def _open_span(self, scope: Scope) -> tuple[trace.Span | None, object | None]:
+    def _open_span(self, scope: Scope, label: str | None) -> tuple[trace.Span | None, object | None]:
         if self.tracer is None:
             return None, None
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"}
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         span = self.tracer.start_span(f"{scope['method']} {scope['path']}", parent, SpanKind.SERVER)
+        if label is not None:
+            span.set_attribute("penstock.client_request_id", label)
         return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def _client_label(scope: Scope) -> str | None:
+    """The client's own name for its request, if it sent a sane one: a label, never a key."""
+    headers = dict(scope["headers"])
+    given = headers.get(b"x-client-request-id") or headers.get(b"x-request-id") or b""
+    label = given.decode("latin-1")
+    return label if _SANE.match(label) else None
 
 
 def _close_span(span: trace.Span, scope: Scope, route: str, code: int) -> None:

@@ -180,13 +180,13 @@ class UsageRecorder:
         for settled in batch:
             row = settled.row
             # Ours: ids we issued (or a client's trace id, which is hex), names from the configuration, our
-            # statuses and reasons, numbers. The request id may be the client's, a tenant's id is an
-            # operator's, an error may quote the client.
-            others = {"request_id": row.request_id, "tenant": row.tenant}
+            # statuses and reasons, numbers. A tenant's id is an operator's, an error may quote the client.
+            others = {"tenant": row.tenant}
             if settled.error_message is not None:
                 others["error_message"] = settled.error_message
             self._log.add(
                 {
+                    "request_id": row.request_id,
                     "trace_id": settled.trace_id,
                     "key_id": row.key_id,
                     "route": row.route,
