@@ -49,7 +49,8 @@ class KeyScopes(BaseModel):
     user: str | None = None
     groups: tuple[str, ...] | None = None
     max_tokens: int | None = Field(default=None, gt=0)
-    admin: bool = False
+    admin: bool = False  # the admin API, within the key's own tenant
+    platform: bool = False  # an admin of every tenant, as the master key is: tenants, and anything across them
     limits: RateLimits = RateLimits()
 
 

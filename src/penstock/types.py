@@ -101,9 +101,10 @@ class Caller:
 
     key_id: str
     tenant: str
-    is_admin: bool = False
+    is_admin: bool = False  # may use the admin API within its own tenant
     scopes: KeyScopes = field(default_factory=KeyScopes)
     tenant_limits: TenantLimits = field(default_factory=TenantLimits)
+    is_platform: bool = False  # an admin of every tenant: the master key, or a key with the platform scope
 
 
 @dataclass(frozen=True, slots=True)

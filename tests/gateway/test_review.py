@@ -68,6 +68,21 @@ async def test_samples_are_redacted_and_only_admins_read_them(sampling: httpx.As
     assert_openai_error(await client.get("/admin/review", headers=as_key(key)), 403)
 
 
+@pytest.mark.parametrize("sampling", [1.0], indirect=True)
+async def test_a_tenant_admin_reads_only_its_own_tenants_samples(sampling: httpx.AsyncClient) -> None:
+    client = sampling
+    alpha, beta = await new_key(client, "alpha", admin=True), await new_key(client, "beta")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    for key in (alpha, beta):
+        assert (await client.post("/v1/chat/completions", json=body, headers=as_key(key))).status_code == 200
+    async with asyncio.timeout(10):
+        while len((await client.get("/admin/review")).json()["data"]) < 2:  # the master key sees both
+            await asyncio.sleep(0.1)
+    own = (await client.get("/admin/review", headers=as_key(alpha))).json()["data"]
+    assert [s["tenant"] for s in own] == ["alpha"]
+    assert_openai_error(await client.get("/admin/review", params={"tenant": "beta"}, headers=as_key(alpha)), 403)
+
+
 @pytest.mark.parametrize("sampling", [0.0], indirect=True)
 async def test_nothing_is_sampled_at_rate_zero(sampling: httpx.AsyncClient, database_url: str) -> None:
     client = sampling

@@ -78,7 +78,10 @@ def create_key(
     user: str | None = typer.Option(None, help="The end user it reads documents as (default: given per request)."),
     groups: str | None = typer.Option(None, help="Comma-separated groups it reads documents as (default: any)."),
     max_tokens: int | None = typer.Option(None, min=1, help="Cap on max_tokens per request."),
-    admin: bool = typer.Option(False, "--admin", help="May use the admin API."),
+    admin: bool = typer.Option(False, "--admin", help="May use the admin API, within its own tenant."),
+    platform: bool = typer.Option(
+        False, "--platform", help="An admin of every tenant, as the master key is (tenants, usage, review, dashboard)."
+    ),
     expires_at: datetime | None = typer.Option(None, help="When the key stops working (ISO 8601, UTC if no zone)."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -93,6 +96,7 @@ def create_key(
             groups=_names(groups),
             max_tokens=max_tokens,
             admin=admin,
+            platform=platform,
             limits=limits,
         )
     )

@@ -1,5 +1,8 @@
 """The admin API under /admin/: tenants and API keys. Admin keys and the master key only.
 
+A tenant's admin key acts within its own tenant: its keys, its review sample. Tenants themselves,
+and anything across tenants, need a platform admin: the master key, or a key with the platform scope.
+
 Unlike the request path, these calls go to the database: they are rare, and must be durable before
 they answer. A created key's plaintext appears in the creation answer and nowhere else.
 """
@@ -16,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from penstock.errors import DependencyUnavailable, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
+from penstock.gateway.scopes import tenant_in_reach
 from penstock.gateway.services import Services, services
 from penstock.identity import ApiKey, KeyScopes, RateLimits, Tenant
 from penstock.types import Caller
@@ -27,6 +31,12 @@ T = TypeVar("T")
 async def admin(who: Caller = Depends(caller)) -> Caller:
     if not who.is_admin:
         raise PermissionDenied("the admin API needs an admin key or the master key (PENSTOCK_ADMIN_KEY)")
+    return who
+
+
+async def platform(who: Caller = Depends(admin)) -> Caller:
+    if not who.is_platform:
+        raise PermissionDenied("tenants, and anything across tenants, need the master key or a platform admin key")
     return who
 
 
@@ -47,6 +57,7 @@ class KeyRequest(BaseModel):
     groups: list[str] | None = None  # the groups it reads documents as (omitted: asserted per request)
     max_tokens: int | None = Field(default=None, gt=0)
     admin: bool = False
+    platform: bool = False  # an admin of every tenant; only a platform admin may make one
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     max_concurrent: int | None = Field(default=None, gt=0)
@@ -61,6 +72,7 @@ class KeyRequest(BaseModel):
             groups=_tuple(self.groups),
             max_tokens=self.max_tokens,
             admin=self.admin,
+            platform=self.platform,
             limits=RateLimits(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent),
         )
 
@@ -94,30 +106,36 @@ class Admin:
         return result
 
 
-@router.post("/tenants", status_code=201, response_model=Tenant)
+@router.post("/tenants", status_code=201, response_model=Tenant, dependencies=[Depends(platform)])
 async def create_tenant(body: Tenant, admin: Admin = Depends()) -> Tenant:
     return await admin.refreshed(await admin.store.create_tenant(body))
 
 
 @router.get("/tenants", response_model=TenantList)
-async def list_tenants(admin: Admin = Depends()) -> TenantList:
-    return TenantList(data=await admin.store.list_tenants())
+async def list_tenants(who: Caller = Depends(caller), admin: Admin = Depends()) -> TenantList:
+    """Every tenant for a platform admin; a tenant's admin sees its own."""
+    reach = tenant_in_reach(who, None)
+    return TenantList(data=[t for t in await admin.store.list_tenants() if reach in (None, t.id)])
 
 
 @router.post("/keys", status_code=201, response_model=CreatedKey)
-async def create_key(body: KeyRequest, admin: Admin = Depends()) -> CreatedKey:
-    created = await admin.store.create_key(body.tenant, body.scopes(), name=body.name, expires_at=body.expires_at)
+async def create_key(body: KeyRequest, who: Caller = Depends(caller), admin: Admin = Depends()) -> CreatedKey:
+    tenant = tenant_in_reach(who, body.tenant) or body.tenant
+    if body.platform and not who.is_platform:
+        raise PermissionDenied("only a platform admin may make a platform admin key", param="platform")
+    created = await admin.store.create_key(tenant, body.scopes(), name=body.name, expires_at=body.expires_at)
     return await admin.refreshed(CreatedKey(**created.key.model_dump(), key=created.secret))
 
 
 @router.get("/keys", response_model=KeyList)
-async def list_keys(tenant: str | None = None, admin: Admin = Depends()) -> KeyList:
-    return KeyList(data=await admin.store.list_keys(tenant))
+async def list_keys(tenant: str | None = None, who: Caller = Depends(caller), admin: Admin = Depends()) -> KeyList:
+    return KeyList(data=await admin.store.list_keys(tenant_in_reach(who, tenant)))
 
 
 @router.delete("/keys/{key_id}", response_model=ApiKey)
-async def revoke_key(key_id: str, admin: Admin = Depends()) -> ApiKey:
-    return await admin.refreshed(await admin.store.revoke_key(key_id))
+async def revoke_key(key_id: str, who: Caller = Depends(caller), admin: Admin = Depends()) -> ApiKey:
+    """Another tenant's key is as unknown to a tenant's admin as a missing one."""
+    return await admin.refreshed(await admin.store.revoke_key(key_id, tenant_in_reach(who, None)))
 
 
 class ReviewOut(BaseModel):
@@ -137,12 +155,16 @@ class ReviewList(BaseModel):
 
 @router.get("/review", response_model=ReviewList)
 async def review_sample(
-    limit: int = Query(default=20, ge=1, le=500), tenant: str | None = None, svc: Services = Depends(services)
+    limit: int = Query(default=20, ge=1, le=500),
+    tenant: str | None = None,
+    who: Caller = Depends(caller),
+    svc: Services = Depends(services),
 ) -> ReviewList:
-    """A random draw from the review sample (prompts and completions, redacted when they were stored)."""
+    """A random draw from the review sample (prompts and completions, redacted when they were stored):
+    all tenants' for a platform admin, its own tenant's for a tenant's admin."""
     if svc.reviews is None:
         raise DependencyUnavailable("this process keeps no review sample (an engine worker has no database)")
-    samples = await svc.reviews.sample(limit, tenant)
+    samples = await svc.reviews.sample(limit, tenant_in_reach(who, tenant))
     return ReviewList(data=[ReviewOut(**{**asdict(s), "tenant": s.tenant}) for s in samples])
 
 

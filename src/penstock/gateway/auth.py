@@ -11,7 +11,7 @@ from penstock.gateway.key_cache import KeyCache
 from penstock.identity import KEY_PREFIX, ApiKey
 from penstock.types import Caller
 
-ADMIN = Caller(key_id="admin", tenant="default", is_admin=True)
+ADMIN = Caller(key_id="admin", tenant="default", is_admin=True, is_platform=True)
 # Without a master key the service is open, as vLLM is without --api-key; `penstock serve`
 # refuses to listen beyond loopback in that state. A valid tenant key still counts as its tenant.
 ANONYMOUS = Caller(key_id="anonymous", tenant="default")
@@ -47,8 +47,8 @@ class Authenticator:
 
     def _caller(self, key: ApiKey) -> Caller:
         assert self._keys is not None  # a key was found in it
-        limits = self._keys.tenant(key.tenant).limits
-        return Caller(key.id, key.tenant, key.scopes.admin, key.scopes, limits)
+        limits, scopes = self._keys.tenant(key.tenant).limits, key.scopes
+        return Caller(key.id, key.tenant, scopes.admin or scopes.platform, scopes, limits, scopes.platform)
 
 
 def _bearer_token(authorization: str | None) -> str | None:

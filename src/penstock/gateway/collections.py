@@ -18,7 +18,7 @@ from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound, Per
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.principal import principal_of
-from penstock.gateway.scopes import check_collections
+from penstock.gateway.scopes import check_collections, tenant_in_reach
 from penstock.gateway.services import RetrievalServices, Services, services
 from penstock.retrieval.ingest import IncomingDocument
 from penstock.retrieval.parsers import Format, format_of
@@ -111,9 +111,7 @@ class SearchOut(BaseModel):
 def _writer_tenant(who: Caller, tenant: str | None) -> str:
     if not who.is_admin:
         raise PermissionDenied("adding or deleting documents needs an admin key or the master key")
-    if tenant is not None and tenant != who.tenant and who.key_id != "admin":
-        raise PermissionDenied("an admin key writes to its own tenant only", param="tenant")
-    return tenant or who.tenant
+    return tenant_in_reach(who, tenant) or who.tenant
 
 
 def _retrieval(svc: Services) -> RetrievalServices:

@@ -1,4 +1,5 @@
-"""GET /dashboard: the admin dashboard's page; GET /dashboard/data: its charts, for admin keys only.
+"""GET /dashboard: the admin dashboard's page; GET /dashboard/data: its charts (every tenant's cost among
+them), for the master key and platform admin keys only.
 
 The page holds no data, so it is served to anyone: it asks for an admin key, keeps it in the
 browser's sessionStorage and sends it with each poll of /dashboard/data, which checks it.
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from penstock.errors import DependencyUnavailable
-from penstock.gateway.admin import admin
+from penstock.gateway.admin import platform
 from penstock.gateway.services import Services, services
 
 PAGE = files("penstock.gateway") / "static" / "dashboard.html"
@@ -32,7 +33,7 @@ async def dashboard_page() -> HTMLResponse:
     return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
 
-@router.get("/data", dependencies=[Depends(admin)])
+@router.get("/data", dependencies=[Depends(platform)])
 async def dashboard_data(svc: Services = Depends(services)) -> JSONResponse:
     if svc.dashboard is None:
         raise DependencyUnavailable("this app keeps no dashboard history")

@@ -30,6 +30,15 @@ def check_collections(caller: Caller, collections: Sequence[str]) -> None:
         )
 
 
+def tenant_in_reach(caller: Caller, asked: str | None) -> str | None:
+    """The tenant a call acts on: a platform admin's any it names (None: every tenant), anyone else's its own."""
+    if caller.is_platform:
+        return asked
+    if asked is not None and asked != caller.tenant:
+        raise PermissionDenied("this API key acts within its own tenant only", param="tenant")
+    return caller.tenant
+
+
 def allowed_models(caller: Caller, models: Sequence[str]) -> list[str]:
     allowed = caller.scopes.models
     return [m for m in models if allowed is None or m in allowed]

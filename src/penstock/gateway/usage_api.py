@@ -13,9 +13,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound, PermissionDenied
+from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
+from penstock.gateway.scopes import tenant_in_reach
 from penstock.gateway.services import Services, services
 from penstock.observability.redaction import redact
 from penstock.store.feedback import Feedback
@@ -82,7 +83,7 @@ async def usage(
     svc: Services = Depends(services),
 ) -> UsageReport:
     ledger = _ledger(svc)
-    tenant = _tenant(who, tenant)
+    tenant = tenant_in_reach(who, tenant)
     end = end or datetime.now(UTC).date()
     start = start or end - timedelta(days=29)
     if start > end or (end - start).days >= MAX_DAYS:
@@ -117,14 +118,6 @@ def _ledger(svc: Services) -> LedgerStore:
     if svc.ledger is None:
         raise DependencyUnavailable("usage needs the database, which this server runs without")
     return svc.ledger
-
-
-def _tenant(who: Caller, asked: str | None) -> str | None:
-    if who.is_admin:
-        return asked
-    if asked is not None and asked != who.tenant:
-        raise PermissionDenied("only admin keys may read another tenant's usage", param="tenant")
-    return who.tenant
 
 
 def _midnight(day: date) -> datetime:

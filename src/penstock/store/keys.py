@@ -99,14 +99,15 @@ class KeyStore:
             rows = await (await conn.execute(query + " ORDER BY created_at, id", {"tenant": tenant})).fetchall()
         return [_key(row) for row in rows]
 
-    async def revoke_key(self, key_id: str) -> ApiKey:
-        """Revoke now (idempotent: a revoked key keeps its first revocation time)."""
+    async def revoke_key(self, key_id: str, tenant: str | None = None) -> ApiKey:
+        """Revoke now (idempotent: a revoked key keeps its first revocation time); only `tenant`'s, if given."""
         async with self._db.connection() as conn:
             row = await (
                 await conn.execute(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), change = nextval('key_changes')"
-                    f" WHERE id = %s RETURNING {_KEY_COLUMNS}",
-                    (key_id,),
+                    f" WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+                    f" RETURNING {_KEY_COLUMNS}",
+                    {"id": key_id, "tenant": tenant},
                 )
             ).fetchone()
         if row is None:
