@@ -187,3 +187,22 @@ async def test_a_document_and_a_query_with_nul_characters_are_stored_and_searche
     found = await search(client, "how long do refu\u0000nds take")
     assert found["status"] == "ok"
     assert [(hit["source"], hit["text"]) for hit in found["data"]] == [("refunds.md", "Refunds take five days.")]
+
+
+async def test_a_key_pinned_to_a_user_or_to_groups_cannot_claim_the_other(client: httpx.AsyncClient) -> None:
+    """Audit finding 3: a key pinned to a user claimed groups ["hr"], one pinned to groups claimed a user."""
+    note = {"source": "bob.md", "text": "# Note\nBob's private note about the pay band.", "acl": {"users": ["bob"]}}
+    await add(client, SALARIES, note)
+    alice = as_key(await new_key(client, tenant="default", user="alice"))
+    claimed = await client.post(
+        "/v1/collections/policies/search", json={"query": "pay", "groups": ["hr"]}, headers=alice
+    )
+    assert_openai_error(claimed, 403, param="groups")
+    assert (await search(client, "senior engineer pay band", headers=alice))["data"] == []
+    engineers = as_key(await new_key(client, tenant="default", groups=["eng"]))
+    claimed = await client.post(
+        "/v1/collections/policies/search", json={"query": "pay", "user": "bob"}, headers=engineers
+    )
+    assert_openai_error(claimed, 403, param="user")
+    bob = as_key(await new_key(client, tenant="default", user="bob"))
+    assert [hit["source"] for hit in (await search(client, "private note pay band", headers=bob))["data"]] == ["bob.md"]
