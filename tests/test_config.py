@@ -68,10 +68,20 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_masked_hides_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PENSTOCK_ADMIN_KEY", "sk-very-secret")
+    monkeypatch.setenv("PENSTOCK_ADMIN_KEY", "sk-very-secret-0123456789")
     monkeypatch.setenv("DATABASE_URL", "postgresql://app:dbpass@db/penstock")
     monkeypatch.setenv("REDIS_URL", "redis://:redispass@cache:6379/0")
     shown = str(load_settings().masked())
-    for secret in ("sk-very-secret", "dbpass", "redispass"):
+    for secret in ("sk-very-secret-0123456789", "dbpass", "redispass"):
         assert secret not in shown
     assert "postgresql://app:***@db/penstock" in shown
+
+
+@pytest.mark.parametrize("key", ["", "short-key", "x" * 15])
+def test_an_empty_or_short_master_key_is_refused(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """Audit finding 5: an empty key read as none, an open server that could then bind any interface."""
+    monkeypatch.setenv("PENSTOCK_ADMIN_KEY", key)
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_settings()
+    monkeypatch.setenv("PENSTOCK_ADMIN_KEY", "x" * 16)
+    assert load_settings().admin_key is not None

@@ -25,6 +25,7 @@ from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
 from penstock.gateway.edge import EdgeMiddleware, HttpMetrics
 from penstock.gateway.error_handlers import install_error_handlers
+from penstock.gateway.host_check import LoopbackHostMiddleware
 from penstock.gateway.key_cache import KeyCache
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.limiter import RateLimiter
@@ -119,6 +120,8 @@ def build_app(
     app.state.draining = draining
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
+    if settings.admin_key is None:
+        app.add_middleware(LoopbackHostMiddleware)
     if settings.policy.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from penstock.errors import ConfigError
@@ -17,6 +26,7 @@ from penstock.identity import TenantLimits
 from penstock.store.urls import mask_password
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+MIN_ADMIN_KEY = 16  # characters
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
@@ -155,6 +165,17 @@ class Settings(BaseSettings):
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        # An empty key read as none once: an open server, which may then listen beyond loopback.
+        if key is not None and len(key.get_secret_value()) < MIN_ADMIN_KEY:
+            raise ValueError(
+                f"the master key (PENSTOCK_ADMIN_KEY) must be at least {MIN_ADMIN_KEY} characters;"
+                " unset it for an open, loopback-only server"
+            )
+        return key
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

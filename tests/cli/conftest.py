@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import free_port
 
-ADMIN_KEY = "sk-e2e-admin"
+ADMIN_KEY = "sk-e2e-admin-0123456789"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(tmp_path: P
     )
     env = penstock_env(
         tmp_path,
-        PENSTOCK_ADMIN_KEY="sk-do-not-print",
+        PENSTOCK_ADMIN_KEY="sk-do-not-print-0123456789",
         DATABASE_URL="postgresql://app:pg-secret@db.example/penstock",
         PENSTOCK_PORT="9100",
     )

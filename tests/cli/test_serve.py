@@ -97,6 +97,13 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:
     assert "PENSTOCK_ADMIN_KEY" in result.stderr
 
 
+@pytest.mark.parametrize("key", ["", "too-short"])
+def test_serve_refuses_an_empty_or_short_master_key(tmp_path: Path, key: str) -> None:
+    result = penstock("serve", "--host", "0.0.0.0", env=penstock_env(tmp_path, PENSTOCK_ADMIN_KEY=key))
+    assert result.returncode == 2
+    assert "PENSTOCK_ADMIN_KEY" in result.stderr and "16 characters" in result.stderr
+
+
 def test_serve_with_an_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("deployments:\n  - name: x\n    dtype: int3\n")

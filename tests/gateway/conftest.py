@@ -16,7 +16,7 @@ from penstock.config import DEFAULT_MODEL_NAME, Settings
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.served import ServedModel
 
-ADMIN_KEY = "sk-test-admin"
+ADMIN_KEY = "sk-test-admin-0123456789"
 MODEL = DEFAULT_MODEL_NAME
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from penstock.store.documents import Hit
-from tests.gateway.conftest import MODEL, SdkFor
+from tests.gateway.conftest import ADMIN_KEY, MODEL, SdkFor
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 from tests.helpers import database_refusing
@@ -81,7 +81,7 @@ async def test_acls_decide_who_reads_what(client: httpx.AsyncClient) -> None:
 
 async def test_chat_answers_from_passages_with_citations(sdk_for: SdkFor, client: httpx.AsyncClient) -> None:
     await add(client, HANDBOOK, POISON)
-    sdk = sdk_for("sk-test-admin")
+    sdk = sdk_for(ADMIN_KEY)
     raw = await sdk.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=[{"role": "user", "content": "How many days of paid vacation do employees get?"}],

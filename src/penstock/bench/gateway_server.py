@@ -27,7 +27,7 @@ from penstock.observability.logging import configure_logging
 from penstock.types import Prompt, RequestPriority, SamplingParams, TokenEvent
 
 MODEL = "instant"
-ADMIN_KEY = "sk-bench-gateway"
+ADMIN_KEY = "sk-bench-gateway-0123456789"
 
 
 class InstantModel(ChatCodec):
