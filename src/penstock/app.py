@@ -238,7 +238,7 @@ def _services(
     builder = ContextBuilder(settings.policy.default_max_tokens, settings.retrieval.max_per_source)
     pipeline = Pipeline(router, builder, models, retrieval.retriever if retrieval else None)
     return Services(
-        auth=Authenticator(settings.admin_key, state.key_cache),
+        auth=Authenticator(settings.admin_key, state.key_cache, settings.observability.metrics_token),
         policy=settings.policy,
         retrieval_defaults=settings.retrieval,
         pipeline=pipeline,

@@ -134,6 +134,8 @@ class ObservabilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metrics: bool = True  # per-request and per-HTTP-exchange Prometheus series
+    # The bearer token a Prometheus scraper sends to /metrics (the master key and platform admins may too).
+    metrics_token: SecretStr | None = Field(default=None, min_length=MIN_ADMIN_KEY)
     request_logs: bool = True  # one JSON line per request
     review_sample_rate: float = Field(default=0.01, ge=0, le=1)  # answered requests kept, redacted, for review
     dashboard_interval_s: float = Field(default=2.0, gt=0)  # how often the /dashboard charts gain a point
@@ -204,6 +206,7 @@ class Settings(BaseSettings):
         """The effective configuration with every secret masked, for display."""
         shown = self.model_dump(mode="json")
         shown["admin_key"] = "**********" if self.admin_key else None
+        shown["observability"]["metrics_token"] = "**********" if self.observability.metrics_token else None
         shown["database_url"] = self.database_url and mask_password(self.database_url)
         shown["redis_url"] = self.redis_url and mask_password(self.redis_url)
         return shown

@@ -127,7 +127,7 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine(server: RunningSe
 
 
 def metric(server: RunningServer, name: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics").text
+    text = httpx.get(f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
     return float(next(line for line in text.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])
 
 

@@ -6,7 +6,7 @@ import hmac
 
 from pydantic import SecretStr
 
-from penstock.errors import AuthenticationFailed
+from penstock.errors import AuthenticationFailed, PermissionDenied
 from penstock.gateway.key_cache import KeyCache
 from penstock.identity import KEY_PREFIX, ApiKey
 from penstock.types import Caller
@@ -18,9 +18,12 @@ ANONYMOUS = Caller(key_id="anonymous", tenant="default")
 
 
 class Authenticator:
-    def __init__(self, admin_key: SecretStr | None, keys: KeyCache | None = None) -> None:
+    def __init__(
+        self, admin_key: SecretStr | None, keys: KeyCache | None = None, metrics_token: SecretStr | None = None
+    ) -> None:
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
         self._keys = keys
+        self._metrics_token = metrics_token.get_secret_value().encode() if metrics_token else None
 
     @property
     def open(self) -> bool:
@@ -39,6 +42,16 @@ class Authenticator:
         if token is None:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
         raise AuthenticationFailed(refusal or "invalid API key")
+
+    def authorize_scrape(self, authorization: str | None) -> None:
+        """/metrics labels series by tenant: the scrape token, the master key or a platform admin may read it."""
+        if self.open:
+            return
+        token, scrape = _bearer_token(authorization), self._metrics_token
+        if token is not None and scrape is not None and hmac.compare_digest(token.encode(), scrape):
+            return
+        if not self.authenticate(authorization).is_platform:
+            raise PermissionDenied("/metrics needs the metrics token, the master key or a platform admin key")
 
     def _lookup(self, token: str | None) -> ApiKey | None:
         if self._keys is None or token is None or not token.startswith(KEY_PREFIX):
