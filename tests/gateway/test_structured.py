@@ -133,6 +133,31 @@ async def test_malformed_structure_is_a_400_naming_the_param(
     assert_openai_error(response, 400, param=param)
 
 
+def nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": nested(100)}}}, None),
+        ({"guided_json": nested(100)}, "guided_json"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": nested(100)}}]}, "tools"),
+    ],
+)
+async def test_a_schema_nested_100_deep_is_a_400_not_a_500(
+    client: httpx.AsyncClient, extra: dict, param: str | None
+) -> None:
+    """Audit finding 12: jsonschema's recursion overflowed the stack (a 500 and a ~150 KB traceback)."""
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, **extra})
+    assert assert_openai_error(response, 400, param=param or "response_format")["code"] == "schema_too_deep"
+    shallow = {"model": MODEL, "messages": ASK, "max_tokens": 3, "guided_json": nested(20)}
+    assert (await client.post("/v1/chat/completions", json=shallow)).status_code == 200
+
+
 async def test_a_key_may_only_offer_its_allowed_tools(client: httpx.AsyncClient, sdk_for: SdkFor) -> None:
     key = await new_key(client, tools=["get_time"])
     body = {"model": MODEL, "messages": ASK, "tools": [WEATHER_TOOL], "max_tokens": 1}

@@ -15,6 +15,10 @@ from penstock.errors import InvalidRequest
 from penstock.gateway.schemas import ChatCompletionRequest, ChatMessageIn, SamplingFields
 from penstock.types import Grammar, Message, Tool, ToolCall
 
+# JSON levels a schema may nest (objects and lists): real schemas use a handful. jsonschema checks a
+# schema recursively, and one ~100 properties deep overflowed Python's stack (a 500, not the 400 it is).
+MAX_SCHEMA_DEPTH = 64
+
 
 def output_grammar(body: SamplingFields) -> Grammar | None:
     """The grammar the answer must follow: response_format, or one of vLLM's guided_* fields."""
@@ -55,10 +59,26 @@ def _regex_grammar(pattern: str) -> Grammar:
 
 
 def check_schema(schema: dict[str, Any], param: str) -> None:
+    if json_depth(schema) > MAX_SCHEMA_DEPTH:
+        raise InvalidRequest(
+            f"{param} nests deeper than {MAX_SCHEMA_DEPTH} levels", param=param, code="schema_too_deep"
+        )
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"{param} is not a valid JSON schema: {exc.message}", param=param) from exc
+
+
+def json_depth(value: object) -> int:
+    """How many objects and lists deep `value` nests, counted without recursion."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        node, depth = level.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            level.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def tools_of(body: ChatCompletionRequest) -> tuple[tuple[Tool, ...], str]:
