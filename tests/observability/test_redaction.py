@@ -298,3 +298,20 @@ def test_short_values_are_remembered_up_to_a_bound_and_opaque_ids_not_at_all(mon
         assert redact_value(f"user{n}@example.com") == "[EMAIL]"  # from memory, the same
         assert len(memory) <= 3
     assert redact_value({"tenant": "user4@example.com"}) == {"tenant": "[EMAIL]"}  # fields read the same memory
+
+
+@pytest.mark.parametrize("separator", [". ", " - ", " (", " . "])
+@pytest.mark.parametrize("digits", [20, 129, 5000])
+def test_a_phone_beside_a_long_run_of_digits_is_redacted(separator: str, digits: int) -> None:
+    """Audit finding 13: a phone number followed by more than 128 digits was left in clear."""
+    for text in (f"call +1 415-555-0132{separator}{'7' * digits}", f"{'7 ' * digits}. call (415) 555-0132 now"):
+        redacted = redact(text)
+        assert "555" not in redacted and "[PHONE]" in redacted
+        assert redacted.count("7") >= digits  # the numbers beside it are kept
+
+
+def test_a_run_of_numbers_past_the_scan_budget_is_replaced_not_left_in_clear() -> None:
+    dump = " ".join(["1234 5678"] * 10_000) + " . (415) 555-0132"  # one run, past 256 windows of 128 characters
+    redacted = redact(dump)
+    assert "555-0132" not in redacted and redacted.endswith("[NUMBERS]")
+    assert redacted.startswith("1234 5678 1234")

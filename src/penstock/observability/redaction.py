@@ -15,7 +15,7 @@ written without a '+', the grouping their region uses.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import phonenumbers
@@ -121,7 +121,11 @@ _CARD = re.compile(
     re.ASCII,
 )
 _CARD_FLOOR = 10**12  # the smallest 13-digit number
-_PHONE_RUN = range(7, 129)  # fewer digits is no phone; a longer run is a dump of numbers, slow to match
+_PHONE_MIN_DIGITS = 7  # fewer digits is no phone
+# libphonenumber's matcher is slow on long runs (~1 ms per 128 digit-dense characters), so a longer run
+# is read in windows of 128 that start at a separator and overlap by more than any written phone number
+# (about 25 characters), up to a budget; what a run holds beyond it is replaced whole.
+_PHONE_WINDOW, _PHONE_OVERLAP, _PHONE_WINDOWS = 128, 40, 256
 _PHONE_SEPARATORS = frozenset(" ().-")
 
 
@@ -284,14 +288,36 @@ def _is_card(found: str) -> bool:
 
 
 def _redact_phones(piece: str, region: str) -> str:
-    if len(piece) not in _PHONE_RUN or sum(char.isdigit() for char in piece) < _PHONE_RUN.start:
+    if len(piece) < _PHONE_MIN_DIGITS or sum(char.isdigit() for char in piece) < _PHONE_MIN_DIGITS:
         return piece
     pieces, end = [], 0
-    for found in phonenumbers.PhoneNumberMatcher(piece, region, leniency=phonenumbers.Leniency.VALID):
-        if _written_as_phone(found.raw_string, region):
-            pieces += [piece[end : found.start], "[PHONE]"]
-            end = found.end
+    for count, (start, window) in enumerate(_windows(piece)):
+        if count == _PHONE_WINDOWS:
+            return "".join([*pieces, piece[end : max(end, start)], "[NUMBERS]"])
+        for found in phonenumbers.PhoneNumberMatcher(window, region, leniency=phonenumbers.Leniency.VALID):
+            if start + found.start >= end and _written_as_phone(found.raw_string, region):
+                pieces += [piece[end : start + found.start], "[PHONE]"]
+                end = start + found.end
     return "".join([*pieces, piece[end:]])
+
+
+def _windows(piece: str) -> Iterator[tuple[int, str]]:
+    """`piece` in overlapping windows, each starting and ending at a separator (or the piece's ends)."""
+    start = 0
+    while True:
+        stop = len(piece) if len(piece) - start <= _PHONE_WINDOW else _cut(piece, start + _PHONE_WINDOW)
+        yield start, piece[start:stop]
+        if stop == len(piece):
+            return
+        start = max(_cut(piece, stop - _PHONE_OVERLAP), start + 1)
+
+
+def _cut(piece: str, at: int) -> int:
+    """The last separator at or before `at`, after which a window may start or before which it may end."""
+    for index in range(at, max(at - _PHONE_OVERLAP, 0), -1):
+        if not piece[index].isdigit():
+            return index
+    return at
 
 
 def _written_as_phone(raw: str, region: str) -> bool:
