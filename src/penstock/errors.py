@@ -24,6 +24,10 @@ from typing import Any, ClassVar
 
 from penstock.observability.redaction import redact
 
+# A message may quote what the client sent (a grammar, a schema, a name): it is cut to this many
+# characters, so an error never echoes megabytes into a response body or a log line.
+MAX_MESSAGE_CHARS = 1000
+
 
 class PenstockError(Exception):
     status: ClassVar[int] = 500
@@ -31,9 +35,10 @@ class PenstockError(Exception):
     default_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        message = clip(message)
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = param and clip(param, 200)  # a parameter path may hold a client's key name
         self.code = code or self.default_code
 
     def headers(self) -> dict[str, str]:
@@ -132,3 +137,10 @@ class ShuttingDown(PenstockError):
     status = 503
     type = "service_unavailable"
     default_code = "shutting_down"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text`, cut to about `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"

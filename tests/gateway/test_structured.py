@@ -158,6 +158,20 @@ async def test_a_schema_nested_100_deep_is_a_400_not_a_500(
     assert (await client.post("/v1/chat/completions", json=shallow)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"guided_regex": "(?=x)" + "a" * 400_000},
+        {"guided_json": {"type": "string", "pattern": "(?=x)" + "a" * 400_000}},
+    ],
+)
+async def test_a_grammar_error_does_not_echo_the_grammar(client: httpx.AsyncClient, extra: dict) -> None:
+    """Audit finding 10: a grammar error returned the whole grammar (a 3.9 MB 400 body and log line)."""
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, **extra})
+    error = assert_openai_error(response, 400)
+    assert len(response.content) < 2_000 and "more characters" in error["message"]
+
+
 async def test_a_key_may_only_offer_its_allowed_tools(client: httpx.AsyncClient, sdk_for: SdkFor) -> None:
     key = await new_key(client, tools=["get_time"])
     body = {"model": MODEL, "messages": ASK, "tools": [WEATHER_TOOL], "max_tokens": 1}
