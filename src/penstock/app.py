@@ -277,7 +277,7 @@ def _retrieval(
     searches = RetrieverConfig(
         config.candidates, config.min_similarity, config.rerank_timeout_s, config.rerank_candidates
     )
-    queries = QueryEmbeddings(embedder, config.query_cache_size)
+    queries = QueryEmbeddings(embedder, config.query_cache_mb * 2**20)
     retriever = Retriever(documents, queries, reranker if config.rerank else None, searches)
     chunker = Chunker(embedder.tokenizer, ChunkingConfig(config.chunk_tokens, config.chunk_overlap_tokens))
     return RetrievalServices(documents, Ingestor(documents, embedder, chunker, reranker.cache), retriever)

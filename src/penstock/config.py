@@ -96,6 +96,8 @@ class PolicyConfig(BaseModel):
     max_request_bytes: int = Field(default=1_000_000, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     max_messages: int = Field(default=256, gt=0)
+    # Tokens in one /v1/embeddings request, all its inputs together: about 10 s of one core for MiniLM.
+    max_embedding_tokens: int = Field(default=65_536, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)  # in-flight requests and streams get this long on exit
     cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API; "*" for any
 
@@ -117,7 +119,7 @@ class RetrievalConfig(BaseModel):
     rerank_cache_mb: int = Field(default=256, ge=0)  # passages' token vectors kept for MaxSim (~150 KB each)
     chunk_tokens: int = Field(default=200, ge=16, le=512)  # in embedding-model tokens, heading included
     chunk_overlap_tokens: int = Field(default=32, ge=0)
-    query_cache_size: int = Field(default=4096, ge=0)
+    query_cache_mb: int = Field(default=16, ge=0)  # query embeddings remembered (~1.7 KB each)
 
 
 class TracingConfig(BaseModel):

@@ -206,3 +206,10 @@ async def test_a_key_pinned_to_a_user_or_to_groups_cannot_claim_the_other(client
     assert_openai_error(claimed, 403, param="user")
     bob = as_key(await new_key(client, tenant="default", user="bob"))
     assert [hit["source"] for hit in (await search(client, "private note pay band", headers=bob))["data"]] == ["bob.md"]
+
+
+async def test_a_question_past_the_embedding_window_is_searched_by_its_start(client: httpx.AsyncClient) -> None:
+    """Audit finding 6: a query over the embedding model's 512 positions raised IndexError in retrieval."""
+    await add(client, HANDBOOK)
+    found = await search(client, "how many vacation days do employees get? " + "zxqv " * 700)  # ~3,000 tokens
+    assert found["status"] == "ok" and found["data"][0]["source"] == "handbook.md"

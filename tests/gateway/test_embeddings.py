@@ -57,6 +57,7 @@ async def test_base64_holds_the_same_floats(client: httpx.AsyncClient) -> None:
         ({"input": []}, 400, "input"),
         ({"input": [""]}, 400, "input"),
         ({"input": "word " * 400}, 400, "input"),
+        ({"input": ["word " * 250] * 300}, 400, "input"),  # 75,600 tokens in all, past the 65,536 a request takes
         ({"dimensions": 1536}, 400, "dimensions"),
         ({"model": "text-embedding-3-small"}, 404, "model"),
     ],
@@ -66,3 +67,11 @@ async def test_bad_embedding_requests_are_refused(
 ) -> None:
     body = {"model": DEFAULT_EMBEDDING_MODEL, "input": CAT, **change}
     assert_openai_error(await client.post("/v1/embeddings", json=body), status, param=param)
+
+
+async def test_one_long_input_among_short_ones_is_billed_what_it_costs(client: httpx.AsyncClient) -> None:
+    """Audit finding 7: 255 one-token texts and one of 252 tokens ran as 256 x 252 padded tokens (12.5 s)."""
+    texts = ["hi"] * 255 + ["word " * 250]
+    body = await embed(client, texts)
+    assert len(body["data"]) == 256 and body["usage"]["prompt_tokens"] == 255 * 3 + 252
+    assert body["data"][0]["embedding"] == body["data"][254]["embedding"]

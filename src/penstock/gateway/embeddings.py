@@ -1,7 +1,8 @@
 """POST /v1/embeddings: OpenAI's embeddings API over the bundled MiniLM (or any sentence-transformers folder).
 
 Validated before any model work: the model name and the key's scopes, text input only (token arrays
-belong to another model's tokenizer), at most MAX_INPUTS texts, each within the model's window.
+belong to another model's tokenizer), at most MAX_INPUTS texts, each within the model's window, and
+at most `policy.max_embedding_tokens` tokens in all.
 Admitted like a completion, with the input tokens reserved, and recorded in the ledger.
 """
 
@@ -77,6 +78,12 @@ def _validated(body: EmbeddingRequest, who: Caller, svc: Services) -> tuple[list
     if too_long:
         raise InvalidRequest(
             f"input {too_long[0]} has {counts[too_long[0]]} tokens; this model takes at most {embedder.max_tokens}",
+            param="input",
+        )
+    if sum(counts) > svc.policy.max_embedding_tokens:
+        raise InvalidRequest(
+            f"input holds {sum(counts)} tokens; one request takes at most {svc.policy.max_embedding_tokens},"
+            " so send it in several",
             param="input",
         )
     return texts, counts

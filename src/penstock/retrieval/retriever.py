@@ -16,6 +16,7 @@ from typing import Protocol
 import structlog
 
 from penstock.observability.timing import StageTimer
+from penstock.retrieval.embedder import Query
 from penstock.retrieval.fusion import reciprocal_rank_fusion
 from penstock.store.documents import Hit, Scope
 from penstock.types import Passage, Principal, Retrieval
@@ -40,7 +41,9 @@ class Searches(Protocol):
 
 
 class QueryEmbedder(Protocol):
-    async def embed(self, text: str) -> list[float]: ...
+    def query(self, text: str) -> Query: ...
+
+    async def embed(self, query: Query) -> list[float]: ...
 
 
 class Reranker(Protocol):
@@ -66,6 +69,7 @@ class Retriever:
         timer = StageTimer()
         scope = Scope(principal, tuple(collections))
         try:
+            query = self._embeddings.query(query).text  # every stage reads the question as the embedder does
             dense, sparse = await self.search(query, scope, timer)
         except Exception as exc:  # a database or model failure: answered from the fallback, not a 500
             log.warning("retrieval_failed", error_type=type(exc).__name__, error=str(exc))
@@ -80,9 +84,9 @@ class Retriever:
         return Retrieval(passages, "ok", degraded, dict(timer.seconds), tuple(timer.intervals))
 
     async def search(self, query: str, scope: Scope, timer: StageTimer) -> tuple[list[Hit], list[Hit]]:
-        """Dense and sparse candidates, searched at once, each timed."""
+        """Dense and sparse candidates, searched at once, each timed; `query` within the embedder's window."""
         with timer.stage("embed"):
-            vector = await self._embeddings.embed(query)
+            vector = await self._embeddings.embed(self._embeddings.query(query))
         limit = self.config.candidates
 
         async def timed(name: str, search: Awaitable[list[Hit]]) -> list[Hit]:
