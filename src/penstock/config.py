@@ -95,6 +95,10 @@ class PolicyConfig(BaseModel):
 
     max_request_bytes: int = Field(default=1_000_000, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
+    # No key is unlimited: a key that sets no max_tokens cap of its own gets this one, and one request's
+    # n choices together may ask for at most max_request_completion_tokens.
+    max_tokens_cap: int = Field(default=4096, gt=0)
+    max_request_completion_tokens: int = Field(default=8192, gt=0)
     max_messages: int = Field(default=256, gt=0)
     # Tokens in one /v1/embeddings request, all its inputs together: about 10 s of one core for MiniLM.
     max_embedding_tokens: int = Field(default=65_536, gt=0)

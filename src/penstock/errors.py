@@ -11,6 +11,7 @@ PenstockError                      500 server_error
 ├── NotFound                       404 invalid_request_error
 │   └── ModelNotFound              404 invalid_request_error / model_not_found
 ├── Conflict                       409 invalid_request_error / conflict
+├── ClientDisconnected             499 client_disconnected (never sent: the client is gone; the ledger's status)
 ├── RateLimited                    429 rate_limit_error (+ Retry-After, x-ratelimit-*)
 │   └── QuotaExceeded              429 insufficient_quota / insufficient_quota
 ├── DependencyUnavailable          503 service_unavailable
@@ -96,6 +97,14 @@ class Conflict(PenstockError):
     status = 409
     type = "invalid_request_error"
     default_code = "conflict"
+
+
+class ClientDisconnected(PenstockError):
+    """The client went away before its answer was ready; the work for it was stopped."""
+
+    status = 499  # nginx's "client closed request"
+    type = "client_disconnected"
+    default_code = "client_disconnected"
 
 
 class RateLimited(PenstockError):

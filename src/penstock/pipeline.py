@@ -107,8 +107,13 @@ class Pipeline:
             last = perf_counter()
             yield event
 
-    async def complete(self, prepared: Prepared, timer: StageTimer) -> Completion:
-        events = [event async for event in self.generate(prepared, timer)]
+    async def complete(
+        self, prepared: Prepared, timer: StageTimer, events: list[TokenEvent] | None = None
+    ) -> Completion:
+        """The whole answer. `events`: where its events gather as they come, for a caller that may cancel."""
+        events = [] if events is None else events
+        async for event in self.generate(prepared, timer):
+            events.append(event)
         with timer.stage("post"):
             choices = collect_choices(events)
         return Completion(choices, usage_of(prepared.prompt, events), dict(timer.seconds))

@@ -126,6 +126,21 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine(server: RunningSe
     assert metric(server, "penstock_kv_cache_usage_ratio") == 0
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_frees_the_engine(server: RunningServer) -> None:
+    """Audit finding 8: a non-streaming request whose client left at 3 s ran 177 s more, recorded as ok."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": DEFAULT_MODEL_NAME, "messages": QUESTION, "max_tokens": 4000, "ignore_eos": True}
+    deadline = time.monotonic() + 30
+    with (
+        httpx.Client(base_url=server.base_url, headers=headers, timeout=1.0) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post("/v1/chat/completions", json=body)  # 4,000 tokens would take minutes
+    while running_sequences(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_sequences(server) == 0
+
+
 def metric(server: RunningServer, name: str) -> float:
     text = httpx.get(f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
     return float(next(line for line in text.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])

@@ -92,6 +92,26 @@ async def test_max_tokens_above_the_keys_cap_is_400_and_the_default_is_capped(cl
     assert response.json()["usage"]["completion_tokens"] <= 3
 
 
+async def test_a_new_key_is_not_unlimited(client: httpx.AsyncClient) -> None:
+    """Audit finding 8: a key without a cap could ask for any max_tokens, n times over."""
+    key = await new_key(client)
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 5000}
+    assert (
+        "at most 4096"
+        in assert_openai_error(
+            await client.post("/v1/chat/completions", json=body, headers=as_key(key)), 400, param="max_tokens"
+        )["message"]
+    )
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4000, "n": 3}
+    assert_openai_error(await client.post("/v1/chat/completions", json=body, headers=as_key(key)), 400, param="n")
+    text = {"model": MODEL, "prompt": "Once", "max_tokens": 5000}
+    assert_openai_error(await client.post("/v1/completions", json=text, headers=as_key(key)), 400, param="max_tokens")
+    generous = await new_key(client, max_tokens=6000)  # a key's own cap stands above the default one
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 5000, "temperature": 0}
+    answered = await client.post("/v1/chat/completions", json=body, headers=as_key(generous))
+    assert answered.status_code == 200, answered.text
+
+
 async def test_the_admin_api_refuses_a_plain_key(client: httpx.AsyncClient) -> None:
     key = await new_key(client)
     response = await client.get("/admin/tenants", headers=as_key(key))

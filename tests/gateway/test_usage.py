@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from penstock.store.database import connect
-from tests.gateway.conftest import MODEL
+from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 from tests.helpers import database_refusing
@@ -92,3 +95,46 @@ async def test_client_text_with_nul_characters_is_stored_without_them(
         assert await cursor.fetchall() == [("badanswer",)]
     key = await new_key(client, name="k\u0000ey", models=["some\u0000model"])  # text and jsonb columns
     assert (key["name"], key["scopes"]["models"]) == ("key", ["somemodel"])
+
+
+async def test_a_client_that_leaves_before_its_answer_is_recorded_as_gone(app: FastAPI, database_url: str) -> None:
+    """Audit finding 8: the work stops, and the ledger says client_disconnected with what was generated."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 2000}
+    body["ignore_eos"] = True
+    sent: list[dict] = []
+    started = time.monotonic()
+    await app(_scope(), _leaving_after(json.dumps(body).encode(), seconds=0.4), _collect(sent))
+    assert time.monotonic() - started < 5  # 2,000 tokens would take minutes
+    [row] = await ledger_rows(database_url, 1)
+    assert row["status"] == "client_disconnected" and row["completion_tokens"] < 2000
+
+
+def _scope() -> dict:
+    headers = [
+        (b"host", b"penstock"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {ADMIN_KEY}".encode()),
+    ]
+    path = "/v1/chat/completions"
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "headers": headers,
+            "client": ("127.0.0.1", 5000), "server": ("penstock", 80)}  # fmt: skip
+
+
+def _leaving_after(body: bytes, seconds: float) -> Callable[[], Awaitable[dict]]:
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(seconds)  # the client waits this long for its answer, then hangs up
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _collect(sent: list[dict]) -> Callable[[dict], Awaitable[None]]:
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    return send

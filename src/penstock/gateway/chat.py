@@ -45,7 +45,7 @@ async def chat_completions(
             chat = chat_request(body, request_id, who, svc.policy, svc.retrieval_defaults)
         prepared = await svc.pipeline.prepare(chat, timer)
         shape = ChatShape(f"chatcmpl-{request_id}", chat.model, prepared.prompt, prepared.retrieval)
-        return await respond(svc, prepared, "chat.completions", timer, shape, response)
+        return await respond(svc, prepared, "chat.completions", timer, shape, response, request.receive)
 
 
 @router.post("/v1/completions", response_model=TextCompletion, responses=ERRORS)
@@ -60,7 +60,7 @@ async def completions(
     request_id = request.state.request_id
     with svc.usage.refusals(request_id, who, "completions", body.model):
         with timer.stage("gateway"):
-            text = text_request(body, request_id, who)
+            text = text_request(body, request_id, who, svc.policy)
         prepared = await svc.pipeline.prepare(text, timer)
         shape = TextShape(f"cmpl-{request_id}", text.model, echo=text.raw_prompt if body.echo else "")
-        return await respond(svc, prepared, "completions", timer, shape, response)
+        return await respond(svc, prepared, "completions", timer, shape, response, request.receive)

@@ -6,7 +6,7 @@ from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.principal import principal_of
 from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, PenstockOptions, SamplingFields
-from penstock.gateway.scopes import check_collections, check_scopes
+from penstock.gateway.scopes import check_collections, check_output, check_scopes
 from penstock.gateway.structured import message_of, output_grammar, tools_of
 from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
 
@@ -20,7 +20,8 @@ def chat_request(
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
     tools, tool_choice = tools_of(body)
-    check_scopes(caller, body.model, [t.name for t in tools], max_tokens)
+    check_scopes(caller, body.model, [t.name for t in tools])
+    check_output(caller, max_tokens, body.n, policy)
     return ChatRequest(
         request_id=request_id,
         model=body.model,
@@ -51,11 +52,12 @@ def retrieval_options(options: PenstockOptions, caller: Caller, defaults: Retrie
     )
 
 
-def text_request(body: CompletionRequest, request_id: str, caller: Caller) -> ChatRequest:
+def text_request(body: CompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig) -> ChatRequest:
     text = body.prompt_text()
     if text is None:
         raise InvalidRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
-    check_scopes(caller, body.model, [], body.max_tokens)
+    check_scopes(caller, body.model, [])
+    check_output(caller, body.max_tokens, body.n, policy)
     logprobs = body.logprobs is not None
     return ChatRequest(
         request_id=request_id,

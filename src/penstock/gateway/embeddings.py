@@ -61,7 +61,7 @@ def _validated(body: EmbeddingRequest, who: Caller, svc: Services) -> tuple[list
     embedder = svc.embedder
     if body.model != embedder.name:
         raise ModelNotFound(f"The model '{body.model}' does not exist (embeddings: '{embedder.name}')", param="model")
-    check_scopes(who, body.model, [], None)
+    check_scopes(who, body.model, [])
     texts = body.texts()
     if texts is None:
         raise InvalidRequest(

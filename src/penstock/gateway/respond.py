@@ -3,6 +3,7 @@
 Admission (rate limits, with prompt + max_tokens reserved) comes after the prompt is built, since
 the token count is known only then, and before any generation. Whatever happens next, the request
 is settled once: recorded (ledger, metrics, trace, log), and its unused tokens and in-flight slot given back.
+A client that leaves before its answer stops the generation, and is billed what was generated.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive
 
 from penstock.errors import PenstockError
+from penstock.gateway.disconnect import unless_disconnected
 from penstock.gateway.services import Services
 from penstock.gateway.shapes import Shape
 from penstock.gateway.streaming import event_stream
@@ -21,8 +24,15 @@ from penstock.types import TokenEvent
 
 
 async def respond(
-    svc: Services, prepared: Prepared, route: str, timer: StageTimer, shape: Shape, response: Response
+    svc: Services,
+    prepared: Prepared,
+    route: str,
+    timer: StageTimer,
+    shape: Shape,
+    response: Response,
+    receive: Receive,
 ) -> BaseModel | StreamingResponse:
+    """`receive`: the connection's, to notice a client that leaves before a whole answer is ready."""
     with timer.stage("admission"):
         svc.usage.check_budget(prepared.request.caller)
         ticket = await svc.limiter.admit(
@@ -43,13 +53,14 @@ async def respond(
         headers = {**ticket.headers, "Cache-Control": "no-cache"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     response.headers.update(ticket.headers)
+    events: list[TokenEvent] = []
     try:
-        completion = await svc.pipeline.complete(prepared, timer)
-    except PenstockError as exc:
-        settle(exc.code or exc.type, 0)  # e.g. the engine's queue full: an error the client is told of
+        completion = await unless_disconnected(receive, svc.pipeline.complete(prepared, timer, events))
+    except PenstockError as exc:  # the engine's queue full, the client gone: what was generated is billed
+        settle(exc.code or exc.type, usage_of(prepared.prompt, events).completion_tokens)
         raise
     except BaseException:
-        settle("error", 0)
+        settle("error", usage_of(prepared.prompt, events).completion_tokens)
         raise
     settle("ok", completion.usage.completion_tokens, completion.choices[0].text if completion.choices else "")
     return shape.body(completion)

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from penstock.config import PolicyConfig
 from penstock.errors import InvalidRequest, PermissionDenied
 from penstock.types import Caller
 
 
-def check_scopes(caller: Caller, model: str, tools: Sequence[str], max_tokens: int | None) -> None:
+def check_scopes(caller: Caller, model: str, tools: Sequence[str]) -> None:
     scopes = caller.scopes
     if scopes.models is not None and model not in scopes.models:
         raise PermissionDenied(f"this API key may not use the model '{model}'", param="model", code="model_not_allowed")
     denied = sorted(set(tools) - set(scopes.tools)) if scopes.tools is not None else []
     if denied:
         raise PermissionDenied(f"this API key may not use the tools {denied}", param="tools", code="tool_not_allowed")
-    if max_tokens is not None and scopes.max_tokens is not None and max_tokens > scopes.max_tokens:
+
+
+def check_output(caller: Caller, max_tokens: int | None, n: int, policy: PolicyConfig) -> None:
+    """max_tokens within the key's cap (the service's `policy.max_tokens_cap` for a key that sets none),
+    and n choices of it within `policy.max_request_completion_tokens`: no key is unlimited."""
+    cap = caller.scopes.max_tokens or policy.max_tokens_cap
+    if max_tokens is not None and max_tokens > cap:
+        raise InvalidRequest(f"max_tokens is {max_tokens}; this API key allows at most {cap}", param="max_tokens")
+    total = n * (max_tokens or min(policy.default_max_tokens, cap))
+    if total > policy.max_request_completion_tokens:
         raise InvalidRequest(
-            f"max_tokens is {max_tokens}; this API key allows at most {scopes.max_tokens}", param="max_tokens"
+            f"n x max_tokens is {total}; a request may ask for at most {policy.max_request_completion_tokens}",
+            param="n",
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -45,6 +46,9 @@ async def event_stream(
         if prepared.request.include_usage:
             yield sse(shape.usage_chunk(usage_of(prepared.prompt, events)).model_dump_json())
         status = "ok"
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: the stream is closed under us
+        status = "client_disconnected"
+        raise
     except Exception as exc:
         # Headers are gone already: the error travels as an event, and the stream still ends cleanly.
         if not isinstance(exc, PenstockError):
