@@ -21,7 +21,6 @@ from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
 from penstock.gateway import admin, chat, collections, dashboard, embeddings, health, metrics, models, usage_api
 from penstock.gateway.auth import Authenticator
-from penstock.gateway.body_limit import BodyLimitMiddleware
 from penstock.gateway.draining import Draining
 from penstock.gateway.edge import EdgeMiddleware, HttpMetrics
 from penstock.gateway.error_handlers import install_error_handlers
@@ -33,6 +32,7 @@ from penstock.gateway.limiter_local import LocalBackend
 from penstock.gateway.limiter_redis import RedisBackend
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.rate_limits import RATELIMIT_HEADERS
+from penstock.gateway.request_body import RequestBodyMiddleware
 from penstock.gateway.review import ReviewSampler
 from penstock.gateway.services import Check, RetrievalServices, Services
 from penstock.gateway.usage import UsageRecorder
@@ -119,7 +119,8 @@ def build_app(
     app = FastAPI(title="Penstock", version=__version__, lifespan=lifespan)
     app.state.draining = draining
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.policy.max_request_bytes)
+    policy = settings.policy
+    app.add_middleware(RequestBodyMiddleware, max_bytes=policy.max_request_bytes, timeout_s=policy.body_timeout_s)
     if settings.admin_key is None:
         app.add_middleware(LoopbackHostMiddleware)
     if settings.policy.cors_origins:

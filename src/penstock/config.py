@@ -94,6 +94,11 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_request_bytes: int = Field(default=1_000_000, gt=0)
+    # A request's headers must all arrive within header_timeout_s of its first byte (or of the connection),
+    # its body within body_timeout_s; at most max_connections at once (then 503).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     # No key is unlimited: a key that sets no max_tokens cap of its own gets this one, and one request's
     # n choices together may ask for at most max_request_completion_tokens.

@@ -5,6 +5,7 @@ PenstockError                      500 server_error
 ├── ModelNotInstalled              (start-up only: names the package and its install command)
 ├── InvalidRequest                 400 invalid_request_error
 │   └── ContextLengthExceeded      400 invalid_request_error / context_length_exceeded
+├── RequestTimeout                 408 invalid_request_error / request_timeout (a body too slow to arrive)
 ├── PayloadTooLarge                413 invalid_request_error
 ├── AuthenticationFailed           401 authentication_error
 ├── PermissionDenied               403 permission_error
@@ -65,6 +66,12 @@ class InvalidRequest(PenstockError):
 
 class ContextLengthExceeded(InvalidRequest):
     default_code = "context_length_exceeded"
+
+
+class RequestTimeout(PenstockError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(PenstockError):

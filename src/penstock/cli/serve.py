@@ -12,6 +12,7 @@ import uvicorn
 
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
 from penstock.gateway.draining import Draining
+from penstock.gateway.http_protocol import deadline_protocol
 from penstock.observability.logging import configure_logging
 
 HostOption = typer.Option(None, help="Address to listen on (default from config: 127.0.0.1).")
@@ -41,12 +42,19 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
     from penstock.app import build_app  # imported late: it pulls in torch, which `--help` need not wait for
 
     app = build_app(settings, with_database=with_database)
-    grace = settings.policy.shutdown_grace_s
+    policy = settings.policy
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=grace
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=policy.shutdown_grace_s,
+        http=deadline_protocol(policy.header_timeout_s),
+        limit_concurrency=policy.max_connections,
     )
     with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled; it was handled
-        DrainingServer(config, app.state.draining, grace).run()
+        DrainingServer(config, app.state.draining, policy.shutdown_grace_s).run()
 
 
 class DrainingServer(uvicorn.Server):
