@@ -46,6 +46,7 @@ from penstock.pipeline import Pipeline
 from penstock.retrieval.chunker import Chunker, ChunkingConfig
 from penstock.retrieval.embedder import Embedder, configured_embedder
 from penstock.retrieval.ingest import Ingestor
+from penstock.retrieval.parser_process import ParseLimits, ParserProcess
 from penstock.retrieval.query_cache import QueryEmbeddings
 from penstock.retrieval.reranker import MaxSimReranker
 from penstock.retrieval.retriever import Retriever, RetrieverConfig
@@ -88,13 +89,14 @@ def build_app(
         )
         embedder = configured_embedder(settings)
         reranker = MaxSimReranker(embedder, TokenVectorCache(settings.retrieval.rerank_cache_mb * 2**20))
+        parser = ParserProcess(_parse_limits(settings.retrieval))  # its worker starts with the first document
         try:
             async with (
                 _state(settings, with_database) as state,
                 _limiter(settings, own_registry) as limiter,
                 DashboardHistory((registry, own_registry), interval_s=observe.dashboard_interval_s) as history,
             ):
-                retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker)
+                retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker, parser)
                 metrics = RequestMetrics(own_registry) if observe.metrics else None
                 observers = _Observers(
                     (registry, own_registry), metrics, http_metrics, tracing, observe.request_logs, history
@@ -112,6 +114,7 @@ def build_app(
             tracing.shutdown()  # exports what is buffered
             reranker.close()
             embedder.close()
+            parser.close()
             if served is None:  # only what this app loaded is this app's to release
                 for model in loaded.values():
                     model.close()
@@ -271,7 +274,11 @@ def _services(
 
 
 def _retrieval(
-    config: RetrievalConfig, documents: DocumentStore | None, embedder: Embedder, reranker: MaxSimReranker
+    config: RetrievalConfig,
+    documents: DocumentStore | None,
+    embedder: Embedder,
+    reranker: MaxSimReranker,
+    parser: ParserProcess,
 ) -> RetrievalServices | None:
     if documents is None:
         return None
@@ -281,4 +288,8 @@ def _retrieval(
     queries = QueryEmbeddings(embedder, config.query_cache_mb * 2**20)
     retriever = Retriever(documents, queries, reranker if config.rerank else None, searches)
     chunker = Chunker(embedder.tokenizer, ChunkingConfig(config.chunk_tokens, config.chunk_overlap_tokens))
-    return RetrievalServices(documents, Ingestor(documents, embedder, chunker, reranker.cache), retriever)
+    return RetrievalServices(documents, Ingestor(documents, embedder, chunker, reranker.cache, parser), retriever)
+
+
+def _parse_limits(config: RetrievalConfig) -> ParseLimits:
+    return ParseLimits(config.parse_timeout_s, config.max_pdf_pages, config.max_document_chars)

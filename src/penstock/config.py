@@ -129,6 +129,10 @@ class RetrievalConfig(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16, le=512)  # in embedding-model tokens, heading included
     chunk_overlap_tokens: int = Field(default=32, ge=0)
     query_cache_mb: int = Field(default=16, ge=0)  # query embeddings remembered (~1.7 KB each)
+    # Documents are parsed in a worker process, each within these (retrieval/parser_process.py).
+    parse_timeout_s: float = Field(default=10.0, gt=0)
+    max_pdf_pages: int = Field(default=500, ge=1)
+    max_document_chars: int = Field(default=1_000_000, ge=1)
 
 
 class TracingConfig(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from tests.gateway.conftest import ADMIN_KEY, MODEL, SdkFor
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 from tests.helpers import database_refusing
+from tests.retrieval.pdfs import shared_stream_pdf
 
 HANDBOOK = {
     "source": "handbook.md",
@@ -213,3 +215,10 @@ async def test_a_question_past_the_embedding_window_is_searched_by_its_start(cli
     await add(client, HANDBOOK)
     found = await search(client, "how many vacation days do employees get? " + "zxqv " * 700)  # ~3,000 tokens
     assert found["status"] == "ok" and found["data"][0]["source"] == "handbook.md"
+
+
+async def test_a_pdf_is_parsed_in_the_worker_and_searchable(client: httpx.AsyncClient) -> None:
+    pdf = {"source": "lorem.pdf", "content_base64": base64.b64encode(shared_stream_pdf(2_000, pages=2)).decode()}
+    [ingested] = await add(client, pdf)
+    assert ingested["status"] == "created" and ingested["chunks"] >= 2
+    assert (await search(client, "lorem ipsum dolor"))["data"][0]["source"] == "lorem.pdf"

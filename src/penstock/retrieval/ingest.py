@@ -13,7 +13,8 @@ from typing import Literal
 from penstock.errors import InvalidRequest
 from penstock.retrieval.chunker import Chunker
 from penstock.retrieval.embedder import Embedder
-from penstock.retrieval.parsers import Format, parse
+from penstock.retrieval.parser_process import ParserProcess
+from penstock.retrieval.parsers import Format
 from penstock.retrieval.token_cache import TokenVectorCache
 from penstock.store.documents import DocumentStore, NewChunk
 from penstock.types import Acl
@@ -39,20 +40,27 @@ class Ingested:
 
 class Ingestor:
     def __init__(
-        self, store: DocumentStore, embedder: Embedder, chunker: Chunker, tokens: TokenVectorCache | None = None
+        self,
+        store: DocumentStore,
+        embedder: Embedder,
+        chunker: Chunker,
+        tokens: TokenVectorCache | None = None,
+        parser: ParserProcess | None = None,
     ) -> None:
-        """`tokens`: where the chunks' token vectors go for the reranker (the embedding pass makes them)."""
+        """`tokens`: where the chunks' token vectors go for the reranker (the embedding pass makes them).
+        `parser`: the worker documents are parsed in (default limits if not given; it starts on first use)."""
         self._store = store
         self._embedder = embedder
         self._chunker = chunker
         self._tokens = tokens
+        self.parser = parser or ParserProcess()
 
     async def ingest(self, tenant: str, collection: str, document: IncomingDocument) -> Ingested:
         digest = content_hash(document)
         live = await self._store.live_version(tenant, collection, document.source)
         if live is not None and live[1] == digest:
             return Ingested(document.source, live[0], "unchanged", 0)
-        chunks = self._chunker.chunks(parse(document.content, document.format))
+        chunks = self._chunker.chunks(await self.parser.parse(document.content, document.format))
         if not chunks:
             raise InvalidRequest(f"{document.source!r} holds no text to index", param="documents")
         vectors: list[list[float]] = []

@@ -40,9 +40,11 @@ def format_of(source: str) -> Format:
     return fmt
 
 
-def parse(content: bytes, fmt: Format) -> list[Section]:
+def parse(content: bytes, fmt: Format, *, max_pages: int | None = None) -> list[Section]:
+    """`max_pages`: a PDF with more is refused before any page is read. The server parses in a worker
+    process (retrieval/parser_process.py): a document's cost is not its size."""
     if fmt == "pdf":
-        return _pdf(content)
+        return _pdf(content, max_pages)
     text = _decode(content)
     if fmt == "md":
         return _markdown(text)
@@ -134,12 +136,16 @@ def _html(text: str) -> list[Section]:
     return _nonempty(parser.result())
 
 
-def _pdf(content: bytes) -> list[Section]:
+def _pdf(content: bytes, max_pages: int | None) -> list[Section]:
     from pypdf import PdfReader  # only PDF ingestion pays for the import
     from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(io.BytesIO(content))
+        if max_pages is not None and len(reader.pages) > max_pages:
+            raise InvalidRequest(
+                f"the PDF has {len(reader.pages)} pages; at most {max_pages} are read", param="documents"
+            )
         pages = [page.extract_text() or "" for page in reader.pages]
     except (PdfReadError, ValueError, KeyError) as exc:
         raise InvalidRequest(f"cannot read the PDF: {exc}", param="documents") from exc
