@@ -6,13 +6,14 @@ Retrieval joins between routing and context building when collections are config
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Protocol
 
 from penstock.context.builder import ChatFormat, ContextBuilder
-from penstock.errors import DependencyUnavailable
+from penstock.errors import DependencyUnavailable, InvalidRequest
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.postprocess.tool_calls import ToolCallExtractor
@@ -20,6 +21,7 @@ from penstock.router.router import Router
 from penstock.types import (
     ChatRequest,
     Completion,
+    Grammar,
     Principal,
     Prompt,
     RequestPriority,
@@ -30,9 +32,16 @@ from penstock.types import (
     Usage,
 )
 
+# A grammar compiles in milliseconds; one that takes longer than this is the client's to simplify.
+GRAMMAR_TIMEOUT_S = 5.0
+
 
 class Model(ChatFormat, Protocol):
     """What the pipeline needs from a deployment."""
+
+    def check_grammar(self, grammar: Grammar) -> None:
+        """Raise InvalidRequest if the model cannot decode under this grammar (compiling it, cached)."""
+        ...
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, priority: RequestPriority
@@ -67,8 +76,11 @@ class Pipeline:
         with timer.stage("route"):
             decision = self._router.route(request)
         retrieval = await self._retrieve(request, timer)
+        model = self._models[decision.deployment]
         with timer.stage("context"):
-            prompt, request = self._builder.build(request, self._models[decision.deployment], retrieval)
+            prompt, request = self._builder.build(request, model, retrieval)
+            if request.sampling.grammar is not None:  # only once the prompt is known to fit
+                await _compiled(model, request.sampling.grammar)
         return Prepared(request, decision, prompt, retrieval)
 
     async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:
@@ -117,6 +129,18 @@ class Pipeline:
         with timer.stage("post"):
             choices = collect_choices(events)
         return Completion(choices, usage_of(prepared.prompt, events), dict(timer.seconds))
+
+
+async def _compiled(model: Model, grammar: Grammar) -> None:
+    """The grammar compiled on a thread (a large schema compiles for a while), within GRAMMAR_TIMEOUT_S."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(model.check_grammar, grammar), GRAMMAR_TIMEOUT_S)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"the output grammar took longer than {GRAMMAR_TIMEOUT_S:g} s to compile; simplify the schema",
+            param="response_format",
+            code="grammar_too_complex",
+        ) from None
 
 
 def usage_of(prompt: Prompt, events: list[TokenEvent]) -> Usage:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import httpx
 import jsonschema
@@ -170,6 +172,30 @@ async def test_a_grammar_error_does_not_echo_the_grammar(client: httpx.AsyncClie
     response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, **extra})
     error = assert_openai_error(response, 400)
     assert len(response.content) < 2_000 and "more characters" in error["message"]
+
+
+async def test_too_many_tools_or_too_large_schemas_are_refused_at_once(client: httpx.AsyncClient) -> None:
+    """Audit finding 9: 20,500 empty tools (1 MB) blocked /healthz for 6.6 s while each was checked."""
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(20_500)]
+    started = time.monotonic()
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "tools": tools})
+    assert_openai_error(response, 400, param="tools")
+    assert time.monotonic() - started < 2
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3_000)}}
+    response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "guided_json": wide})
+    assert assert_openai_error(response, 400, param="guided_json")["code"] == "schema_too_large"
+
+
+async def test_schemas_are_checked_off_the_event_loop(client: httpx.AsyncClient) -> None:
+    """The largest schema allowed takes a while to check; meanwhile the server answers others."""
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2_400)}}  # 4,803 values
+    tool = {"type": "function", "function": {"name": "fill", "parameters": wide}}
+    body = {"model": MODEL, "messages": ASK, "tools": [tool], "max_tokens": 1}
+    heavy = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))
+    health = [(await client.get("/healthz")).status_code for _ in range(5)]
+    assert health == [200] * 5 and not heavy.done()  # answered while the schema was still being checked
+    # Described in the prompt, the tool does not fit the window: refused before its grammar is compiled.
+    assert assert_openai_error(await heavy, 400, param="messages")["code"] == "context_length_exceeded"
 
 
 async def test_a_key_may_only_offer_its_allowed_tools(client: httpx.AsyncClient, sdk_for: SdkFor) -> None:

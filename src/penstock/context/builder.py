@@ -10,7 +10,7 @@ from penstock.context.hardening import RETRIEVAL_POLICY
 from penstock.context.passages import PassageBudget, select
 from penstock.context.tools import output_grammar, prompt_messages
 from penstock.errors import ContextLengthExceeded
-from penstock.types import ChatRequest, Grammar, Message, Prompt, Retrieval
+from penstock.types import ChatRequest, Message, Prompt, Retrieval
 
 
 class ChatFormat(Protocol):
@@ -25,10 +25,6 @@ class ChatFormat(Protocol):
 
     def encode(self, text: str) -> list[int]:
         """A raw prompt's tokens (/v1/completions: the client writes the control tokens itself)."""
-        ...
-
-    def check_grammar(self, grammar: Grammar) -> None:
-        """Raise InvalidRequest if the model cannot decode under this grammar."""
         ...
 
 
@@ -57,9 +53,7 @@ class ContextBuilder:
                 selected = select(retrieval.passages, budget, lambda text: len(fmt.encode(text)))
                 messages = with_passages(messages, selected.blocks)
             text, ids = fmt.encode_chat(messages)
-        grammar = output_grammar(request)
-        if grammar is not None:
-            fmt.check_grammar(grammar)
+        grammar = output_grammar(request)  # compiled by the pipeline, off the event loop
         token_ids = tuple(ids)
         room = fmt.context_window - len(token_ids)
         explicit = request.sampling.max_tokens

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -18,6 +21,7 @@ from penstock.gateway.schemas import (
 )
 from penstock.gateway.services import Services, services
 from penstock.gateway.shapes import ChatShape, TextShape
+from penstock.gateway.structured import carries_schemas
 from penstock.observability.timing import StageTimer
 from penstock.types import Caller
 
@@ -42,7 +46,9 @@ async def chat_completions(
     request_id = request.state.request_id
     with svc.usage.refusals(request_id, who, "chat.completions", body.model):
         with timer.stage("gateway"):
-            chat = chat_request(body, request_id, who, svc.policy, svc.retrieval_defaults)
+            convert = partial(chat_request, body, request_id, who, svc.policy, svc.retrieval_defaults)
+            # Checking JSON schemas is CPU work (gateway/structured.py): a thread of its own, off the loop.
+            chat = await asyncio.to_thread(convert) if carries_schemas(body) else convert()
         prepared = await svc.pipeline.prepare(chat, timer)
         shape = ChatShape(f"chatcmpl-{request_id}", chat.model, prepared.prompt, prepared.retrieval)
         return await respond(svc, prepared, "chat.completions", timer, shape, response, request.receive)

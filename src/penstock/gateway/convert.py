@@ -7,7 +7,7 @@ from penstock.errors import InvalidRequest
 from penstock.gateway.principal import principal_of
 from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, PenstockOptions, SamplingFields
 from penstock.gateway.scopes import check_collections, check_output, check_scopes
-from penstock.gateway.structured import message_of, output_grammar, tools_of
+from penstock.gateway.structured import check_schema_sizes, message_of, output_grammar, tools_of
 from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
 
 
@@ -18,6 +18,7 @@ def chat_request(
         raise InvalidRequest(f"at most {policy.max_messages} messages are accepted", param="messages")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+    check_schema_sizes(body)
     max_tokens = body.max_completion_tokens or body.max_tokens
     tools, tool_choice = tools_of(body)
     check_scopes(caller, body.model, [t.name for t in tools])
@@ -58,6 +59,7 @@ def text_request(body: CompletionRequest, request_id: str, caller: Caller, polic
         raise InvalidRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
     check_scopes(caller, body.model, [])
     check_output(caller, body.max_tokens, body.n, policy)
+    check_schema_sizes(body)
     logprobs = body.logprobs is not None
     return ChatRequest(
         request_id=request_id,

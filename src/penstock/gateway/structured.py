@@ -1,6 +1,10 @@
 """Structured output and tools, from OpenAI's request fields to the pipeline's Grammar and Tool values.
 
-Every schema is checked here, before anything expensive: a malformed one is the client's 400.
+Every schema is checked here, before anything expensive: a malformed one is the client's 400. The
+check (jsonschema's, against its metaschema) is Python walking every node, about 50 us a node: a
+1 MB schema took 5.3 s. So a request's schemas together hold at most MAX_SCHEMA_NODES values (as
+OpenAI bounds a schema's properties) and nest at most MAX_SCHEMA_DEPTH deep, which keeps the check
+within a few hundred milliseconds, and the gateway runs a request with schemas off the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,34 @@ from penstock.types import Grammar, Message, Tool, ToolCall
 # JSON levels a schema may nest (objects and lists): real schemas use a handful. jsonschema checks a
 # schema recursively, and one ~100 properties deep overflowed Python's stack (a 500, not the 400 it is).
 MAX_SCHEMA_DEPTH = 64
+MAX_SCHEMA_NODES = 5000  # values in all of a request's schemas together (OpenAI: 5,000 properties)
+
+
+def carries_schemas(body: SamplingFields) -> bool:
+    """Whether converting this request checks JSON schemas (worth a thread of its own)."""
+    fmt = getattr(body, "response_format", None)
+    return bool(getattr(body, "tools", None) or body.guided_json or (fmt is not None and fmt.type == "json_schema"))
+
+
+def check_schema_sizes(body: SamplingFields) -> None:
+    """Each schema's depth, and all the request's schemas' values together, within bounds."""
+    fmt = getattr(body, "response_format", None)
+    schemas = [("guided_json", body.guided_json)]
+    if fmt is not None and fmt.json_schema is not None:
+        schemas.append(("response_format", fmt.json_schema.schema_))
+    schemas += [("tools", t.function.parameters) for t in getattr(body, "tools", None) or []]
+    nodes = 0
+    for param, schema in schemas:
+        depth, count = json_shape(schema)
+        if depth > MAX_SCHEMA_DEPTH:
+            raise InvalidRequest(
+                f"{param} nests deeper than {MAX_SCHEMA_DEPTH} levels", param=param, code="schema_too_deep"
+            )
+        nodes += count
+        if nodes > MAX_SCHEMA_NODES:
+            raise InvalidRequest(
+                f"the request's schemas hold more than {MAX_SCHEMA_NODES} values", param=param, code="schema_too_large"
+            )
 
 
 def output_grammar(body: SamplingFields) -> Grammar | None:
@@ -59,26 +91,24 @@ def _regex_grammar(pattern: str) -> Grammar:
 
 
 def check_schema(schema: dict[str, Any], param: str) -> None:
-    if json_depth(schema) > MAX_SCHEMA_DEPTH:
-        raise InvalidRequest(
-            f"{param} nests deeper than {MAX_SCHEMA_DEPTH} levels", param=param, code="schema_too_deep"
-        )
+    """Against its metaschema; its size was bounded first (check_schema_sizes)."""
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"{param} is not a valid JSON schema: {exc.message}", param=param) from exc
 
 
-def json_depth(value: object) -> int:
-    """How many objects and lists deep `value` nests, counted without recursion."""
-    deepest, level = 0, [(value, 1)]
+def json_shape(value: object) -> tuple[int, int]:
+    """How many objects and lists deep `value` nests, and how many values it holds, without recursion."""
+    deepest, count, level = 0, 0, [(value, 1)]
     while level:
         node, depth = level.pop()
+        count += 1
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
         if children is not None:
             deepest = max(deepest, depth)
             level.extend((child, depth + 1) for child in children)
-    return deepest
+    return deepest, count
 
 
 def tools_of(body: ChatCompletionRequest) -> tuple[tuple[Tool, ...], str]:
