@@ -93,9 +93,13 @@ async def test_top_logprobs_without_logprobs_is_400(client: httpx.AsyncClient) -
 
 
 async def test_max_tokens_beyond_the_context_window_is_400(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 1_000_000}
-    )
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 1_000_000}
+    assert_openai_error(await client.post("/v1/chat/completions", json=body), 400, param="max_tokens")  # the cap
+    await client.post("/admin/tenants", json={"id": "acme"})
+    generous = await client.post("/admin/keys", json={"tenant": "acme", "max_tokens": 8192})  # the whole window
+    headers = {"Authorization": f"Bearer {generous.json()['key']}"}
+    body["max_tokens"] = 8192  # with the prompt, past the 8,192-token window
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert assert_openai_error(response, 400, param="messages")["code"] == "context_length_exceeded"
 
 

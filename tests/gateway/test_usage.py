@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from penstock.store.database import connect
@@ -97,10 +98,13 @@ async def test_client_text_with_nul_characters_is_stored_without_them(
     assert (key["name"], key["scopes"]["models"]) == ("key", ["somemodel"])
 
 
-async def test_a_client_that_leaves_before_its_answer_is_recorded_as_gone(app: FastAPI, database_url: str) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_leaves_before_its_answer_is_recorded_as_gone(
+    app: FastAPI, database_url: str, stream: bool
+) -> None:
     """Audit finding 8: the work stops, and the ledger says client_disconnected with what was generated."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 2000}
-    body["ignore_eos"] = True
+    body |= {"ignore_eos": True, "stream": stream}
     sent: list[dict] = []
     started = time.monotonic()
     await app(_scope(), _leaving_after(json.dumps(body).encode(), seconds=0.4), _collect(sent))

@@ -24,12 +24,10 @@ def check_output(caller: Caller, max_tokens: int | None, n: int, policy: PolicyC
     cap = caller.scopes.max_tokens or policy.max_tokens_cap
     if max_tokens is not None and max_tokens > cap:
         raise InvalidRequest(f"max_tokens is {max_tokens}; this API key allows at most {cap}", param="max_tokens")
-    total = n * (max_tokens or min(policy.default_max_tokens, cap))
-    if total > policy.max_request_completion_tokens:
-        raise InvalidRequest(
-            f"n x max_tokens is {total}; a request may ask for at most {policy.max_request_completion_tokens}",
-            param="n",
-        )
+    total, bound = n * (max_tokens or min(policy.default_max_tokens, cap)), policy.max_request_completion_tokens
+    if total > bound:
+        asked = f"n x max_tokens is {n} x {max_tokens}" if n > 1 else f"max_tokens is {max_tokens}"
+        raise InvalidRequest(f"{asked}; a request may ask for at most {bound}", param="n" if n > 1 else "max_tokens")
 
 
 def check_collections(caller: Caller, collections: Sequence[str]) -> None:
