@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 from penstock.observability.redaction import redact
 
-# A message may quote what the client sent (a grammar, a schema, a name): it is cut to this many
-# characters, so an error never echoes megabytes into a response body or a log line.
+# A message may quote what the client sent (a grammar, a schema, a name): in an answer or a request's
+# log line it is cut to this many characters, so an error never echoes megabytes to either.
 MAX_MESSAGE_CHARS = 1000
 
 
@@ -37,10 +37,9 @@ class PenstockError(Exception):
     default_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        message = clip(message)
         super().__init__(message)
         self.message = message
-        self.param = param and clip(param, 200)  # a parameter path may hold a client's key name
+        self.param = param
         self.code = code or self.default_code
 
     def headers(self) -> dict[str, str]:
@@ -48,7 +47,9 @@ class PenstockError(Exception):
 
     def to_openai(self) -> dict[str, Any]:
         """The client's view; messages can quote what the client sent, so they are redacted like logs."""
-        return {"error": {"message": redact(self.message), "type": self.type, "param": self.param, "code": self.code}}
+        # A parameter path may hold a client's key name.
+        param = self.param and clip(self.param, 200)
+        return {"error": {"message": redact(clip(self.message)), "type": self.type, "param": param, "code": self.code}}
 
 
 class ConfigError(PenstockError):

@@ -9,8 +9,10 @@ from types import FrameType
 
 import typer
 import uvicorn
+from starlette.types import ASGIApp
 
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
+from penstock.config import Settings
 from penstock.gateway.draining import Draining
 from penstock.gateway.http_protocol import deadline_protocol
 from penstock.observability.logging import configure_logging
@@ -42,8 +44,14 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
     from penstock.app import build_app  # imported late: it pulls in torch, which `--help` need not wait for
 
     app = build_app(settings, with_database=with_database)
+    with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled; it was handled
+        DrainingServer(server_config(app, settings), app.state.draining, settings.policy.shutdown_grace_s).run()
+
+
+def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn as Penstock runs it: a deadline on headers, a bound on connections, no access log of its own."""
     policy = settings.policy
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -53,8 +61,6 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
         http=deadline_protocol(policy.header_timeout_s),
         limit_concurrency=policy.max_connections,
     )
-    with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled; it was handled
-        DrainingServer(config, app.state.draining, policy.shutdown_grace_s).run()
 
 
 class DrainingServer(uvicorn.Server):

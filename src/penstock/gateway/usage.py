@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from penstock.config import DeploymentConfig
-from penstock.errors import PenstockError
+from penstock.errors import PenstockError, clip
 from penstock.gateway.ledger_writer import LedgerWriter
 from penstock.gateway.quotas import QuotaBook
 from penstock.gateway.review import ReviewSampler
@@ -134,7 +134,7 @@ class UsageRecorder:
         # The model as the client wrote it, which may be no model at all but anything they typed.
         named = redact(model) if model else None
         row = LedgerRow(request_id, caller.tenant, caller.key_id, route, status, datetime.now(UTC), model=named)
-        self._settle(row, error_message=error.message)  # our words, which may quote the client's
+        self._settle(row, error_message=clip(error.message))  # our words, which may quote the client's
 
     @contextmanager
     def refusals(self, request_id: str, caller: Caller, route: str, model: str | None) -> Iterator[None]:
