@@ -33,7 +33,7 @@ class RequestBodyMiddleware:
         refusal = _refused_key(scope, headers.get(b"authorization"))
         declared = headers.get(b"content-length")
         if refusal is None and declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            refusal = PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+            refusal = self._too_large()
         if refusal is not None:
             await _refuse(send, refusal)
             return
@@ -64,7 +64,7 @@ class RequestBodyMiddleware:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_bytes:
                 refused = True
-                await _refuse(send, PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes"))
+                await _refuse(send, self._too_large())
                 return {"type": "http.disconnect"}
             return message
 
@@ -73,6 +73,9 @@ class RequestBodyMiddleware:
                 await send(message)
 
         await self.app(scope, guarded, unless_refused)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
 
 
 def _refused_key(scope: Scope, authorization: bytes | None) -> PenstockError | None:
