@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.gateway.conftest import MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 
@@ -66,3 +67,23 @@ async def test_a_tenant_admin_cannot_read_another_tenants_documents_usage_or_das
     assert (await client.get("/v1/usage", headers=as_alpha)).json()["tenant"] == "alpha"  # not "all"
     assert_openai_error(await client.get("/dashboard/data", headers=as_alpha), 403)
     assert (await client.get("/dashboard/data")).status_code == 200  # the master key
+
+
+async def test_a_tenant_admin_makes_keys_no_wider_than_itself(client: httpx.AsyncClient) -> None:
+    """Like a pinned principal (audit finding 3), a limited admin key could otherwise mint an unlimited one."""
+    limited = await new_key(client, "alpha", admin=True, models=[MODEL], max_tokens=100, rpm=10, user="alice")
+    as_limited = as_key(limited)
+    within = {"tenant": "alpha", "models": [MODEL], "max_tokens": 50, "rpm": 5, "user": "alice", "groups": []}
+    for wider, param in [
+        ({"models": None}, "models"),
+        ({"max_tokens": 200}, "max_tokens"),
+        ({"rpm": None}, "rpm"),
+        ({"user": None, "groups": None}, "user"),
+        ({"groups": ["hr"]}, "user"),
+    ]:
+        response = await client.post("/admin/keys", json={**within, **wider}, headers=as_limited)
+        assert_openai_error(response, 403, param=param)
+    made = await client.post("/admin/keys", json=within, headers=as_limited)
+    assert made.status_code == 201, made.text
+    unlimited_admin = await new_key(client, "alpha", admin=True)
+    assert (await client.post("/admin/keys", json={"tenant": "alpha"}, headers=as_key(unlimited_admin))).is_success

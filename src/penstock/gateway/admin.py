@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from penstock.errors import DependencyUnavailable, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
-from penstock.gateway.scopes import tenant_in_reach
+from penstock.gateway.scopes import check_delegation, tenant_in_reach
 from penstock.gateway.services import Services, services
 from penstock.identity import ApiKey, KeyScopes, RateLimits, Tenant
 from penstock.types import Caller
@@ -123,7 +123,9 @@ async def create_key(body: KeyRequest, who: Caller = Depends(caller), admin: Adm
     tenant = tenant_in_reach(who, body.tenant) or body.tenant
     if body.platform and not who.is_platform:
         raise PermissionDenied("only a platform admin may make a platform admin key", param="platform")
-    created = await admin.store.create_key(tenant, body.scopes(), name=body.name, expires_at=body.expires_at)
+    scopes = body.scopes()
+    check_delegation(who, scopes)
+    created = await admin.store.create_key(tenant, scopes, name=body.name, expires_at=body.expires_at)
     return await admin.refreshed(CreatedKey(**created.key.model_dump(), key=created.secret))
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from penstock.config import PolicyConfig
 from penstock.errors import InvalidRequest, PermissionDenied
+from penstock.identity import KeyScopes
 from penstock.types import Caller
 
 
@@ -46,6 +47,29 @@ def tenant_in_reach(caller: Caller, asked: str | None) -> str | None:
     if asked is not None and asked != caller.tenant:
         raise PermissionDenied("this API key acts within its own tenant only", param="tenant")
     return caller.tenant
+
+
+def check_delegation(caller: Caller, granted: KeyScopes) -> None:
+    """A tenant's admin key makes keys no wider than itself: what it may not use, read as or spend, the
+    keys it makes may not either (else a key limited to one model could make itself an unlimited one)."""
+    if caller.is_platform:
+        return
+    own = caller.scopes
+    for name in ("models", "tools", "collections"):
+        mine, theirs = getattr(own, name), getattr(granted, name)
+        if mine is not None and (theirs is None or not set(theirs) <= set(mine)):
+            raise PermissionDenied(f"a key made by this one may use only its {name}: {list(mine)}", param=name)
+    if (own.user is not None or own.groups is not None) and (
+        granted.user != own.user or granted.groups is None or not set(granted.groups) <= set(own.groups or ())
+    ):
+        raise PermissionDenied("a key made by this one reads documents as its user and groups at most", param="user")
+    bounds = [("max_tokens", own.max_tokens, granted.max_tokens)]
+    bounds += [
+        (name, getattr(own.limits, name), getattr(granted.limits, name)) for name in ("rpm", "tpm", "max_concurrent")
+    ]
+    for name, mine, theirs in bounds:
+        if mine is not None and (theirs is None or theirs > mine):
+            raise PermissionDenied(f"a key made by this one has {name} of at most {mine}", param=name)
 
 
 def allowed_models(caller: Caller, models: Sequence[str]) -> list[str]:
