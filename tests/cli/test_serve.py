@@ -8,9 +8,7 @@ import httpx
 import openai
 import pytest
 
-from penstock.cli.serve import server_config
-from penstock.config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL_NAME, PolicyConfig, Settings
-from penstock.gateway.http_protocol import HeaderDeadlineProtocol
+from penstock.config import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL_NAME
 from tests.cli.conftest import ADMIN_KEY, RunningServer, penstock, penstock_env, start_server
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -150,11 +148,3 @@ def metric(server: RunningServer, name: str) -> float:
 
 def running_sequences(server: RunningServer) -> float:
     return metric(server, "penstock_engine_running_sequences")
-
-
-def test_serve_runs_uvicorn_with_the_header_deadline_and_the_connection_bound() -> None:
-    """Audit finding 11: uvicorn's defaults have no header deadline and no bound on connections."""
-    policy = PolicyConfig(header_timeout_s=3.0, max_connections=7)
-    config = server_config(lambda *_: None, Settings(policy=policy))  # type: ignore[arg-type]
-    assert issubclass(config.http, HeaderDeadlineProtocol) and config.http.header_timeout_s == 3.0
-    assert config.limit_concurrency == 7

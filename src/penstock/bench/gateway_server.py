@@ -19,10 +19,11 @@ import uvicorn
 from pydantic import SecretStr
 
 from penstock.app import build_app
-from penstock.config import ObservabilityConfig, Settings
+from penstock.config import ObservabilityConfig, PolicyConfig, Settings
 from penstock.engine.gguf_loader import read_gguf
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.served import ChatCodec
+from penstock.gateway.http_server import server_config
 from penstock.observability.logging import configure_logging
 from penstock.types import Prompt, RequestPriority, SamplingParams, TokenEvent
 
@@ -62,13 +63,15 @@ def main() -> None:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     settings = Settings(
         home=args.home,
+        port=args.port,
+        policy=PolicyConfig(shutdown_grace_s=5),
         admin_key=SecretStr(ADMIN_KEY),
         redis_url=args.redis_url,
         database_url=args.database_url,
         observability=_observability(not args.no_observability),
     )
     app = build_app(settings, {MODEL: InstantModel()})
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(server_config(app, settings)).run()  # as `penstock serve` runs it
 
 
 def _observability(on: bool) -> ObservabilityConfig:

@@ -9,12 +9,10 @@ from types import FrameType
 
 import typer
 import uvicorn
-from starlette.types import ASGIApp
 
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
-from penstock.config import Settings
 from penstock.gateway.draining import Draining
-from penstock.gateway.http_protocol import deadline_protocol
+from penstock.gateway.http_server import server_config
 from penstock.observability.logging import configure_logging
 
 HostOption = typer.Option(None, help="Address to listen on (default from config: 127.0.0.1).")
@@ -46,21 +44,6 @@ def _run(config: Path | None, host: str | None, port: int | None, *, with_databa
     app = build_app(settings, with_database=with_database)
     with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled; it was handled
         DrainingServer(server_config(app, settings), app.state.draining, settings.policy.shutdown_grace_s).run()
-
-
-def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """uvicorn as Penstock runs it: a deadline on headers, a bound on connections, no access log of its own."""
-    policy = settings.policy
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=policy.shutdown_grace_s,
-        http=deadline_protocol(policy.header_timeout_s),
-        limit_concurrency=policy.max_connections,
-    )
 
 
 class DrainingServer(uvicorn.Server):

@@ -10,7 +10,8 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from penstock.gateway.http_protocol import deadline_protocol
+from penstock.config import PolicyConfig, Settings
+from penstock.gateway.http_server import HeaderDeadlineProtocol, deadline_protocol, server_config
 
 DEADLINE_S = 0.5
 
@@ -66,3 +67,11 @@ async def test_a_kept_alive_connection_gets_a_fresh_deadline_per_request(port: i
     waited = await closed_after(reader, writer, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 50)
     assert waited < DEADLINE_S + 0.5
     writer.close()
+
+
+def test_serve_runs_uvicorn_with_the_header_deadline_and_the_connection_bound() -> None:
+    """Audit finding 11: uvicorn's defaults have no header deadline and no bound on connections."""
+    policy = PolicyConfig(header_timeout_s=3.0, max_connections=7)
+    config = server_config(hello, Settings(policy=policy))
+    assert issubclass(config.http, HeaderDeadlineProtocol) and config.http.header_timeout_s == 3.0
+    assert config.limit_concurrency == 7

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol, with a deadline for a request's headers.
+"""uvicorn as Penstock runs it: its HTTP protocol with a deadline for a request's headers, and a bound on
+connections.
 
 uvicorn times out only an idle keep-alive connection, and any byte resets that: headers sent one byte
 every ten seconds held a connection open for as long as the client liked (slowloris). Here a request's
@@ -11,7 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from penstock.config import Settings
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -55,3 +60,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def deadline_protocol(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
     """The protocol class for uvicorn's `http` setting, with this header deadline."""
     return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": header_timeout_s})
+
+
+def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn as Penstock runs it: a deadline on headers, a bound on connections, no access log of its own."""
+    policy = settings.policy
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=policy.shutdown_grace_s,
+        http=deadline_protocol(policy.header_timeout_s),
+        limit_concurrency=policy.max_connections,
+    )
