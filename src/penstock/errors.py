@@ -74,6 +74,9 @@ class RequestTimeout(PenstockError):
     type = "invalid_request_error"
     default_code = "request_timeout"
 
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # what is left of a body too slow to arrive is not read
+
 
 class PayloadTooLarge(PenstockError):
     status = 413

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -12,6 +11,7 @@ import uvicorn
 
 from penstock.cli.options import ConfigOption, err_console, settings_or_exit
 from penstock.gateway.draining import Draining
+from penstock.gateway.host_check import is_loopback_host
 from penstock.gateway.http_server import server_config
 from penstock.observability.logging import configure_logging
 
@@ -32,7 +32,7 @@ def worker(host: str | None = HostOption, port: int | None = PortOption, config:
 def _run(config: Path | None, host: str | None, port: int | None, *, with_database: bool) -> None:
     settings = settings_or_exit(config)
     settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
-    if settings.admin_key is None and not _is_loopback(settings.host):
+    if settings.admin_key is None and not is_loopback_host(settings.host.encode()):
         err_console.print(
             f"[red]error:[/red] refusing to listen on {settings.host} without a key; set PENSTOCK_ADMIN_KEY",
             highlight=False,
@@ -56,12 +56,3 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._draining.begin(self._grace_s)
         super().handle_exit(sig, frame)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -10,11 +10,11 @@ over `max_bytes` is 413 before it is read into memory; one that has not all arri
 from __future__ import annotations
 
 import asyncio
-import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from penstock.errors import AuthenticationFailed, PayloadTooLarge, PenstockError, RequestTimeout
+from penstock.gateway.error_handlers import error_response
 
 _READS_A_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -35,7 +35,7 @@ class RequestBodyMiddleware:
         if refusal is None and declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             refusal = self._too_large()
         if refusal is not None:
-            await _refuse(send, refusal)
+            await error_response(refusal)(scope, receive, send)
             return
         await self._guarded(scope, receive, send)
 
@@ -58,13 +58,15 @@ class RequestBodyMiddleware:
                     message = await receive()
             except TimeoutError:
                 refused = True
-                await _refuse(send, RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s"))
+                await error_response(RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s"))(
+                    scope, receive, send
+                )
                 return {"type": "http.disconnect"}
             seen += len(message.get("body", b""))
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_bytes:
                 refused = True
-                await _refuse(send, self._too_large())
+                await error_response(self._too_large())(scope, receive, send)
                 return {"type": "http.disconnect"}
             return message
 
@@ -88,12 +90,3 @@ def _refused_key(scope: Scope, authorization: bytes | None) -> PenstockError | N
     except AuthenticationFailed as exc:
         return exc
     return None
-
-
-async def _refuse(send: Send, error: PenstockError) -> None:
-    body = json.dumps(error.to_openai()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if isinstance(error, RequestTimeout):
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
