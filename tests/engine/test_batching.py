@@ -1,7 +1,9 @@
 """The engine gives every request what it would get alone, whatever runs beside it.
 
-In fp32, greedy tokens from a continuous batch (chunked prefills, prefix-cache hits, preemptions)
-equal those of the plain one-sequence reference loop.
+Greedy tokens from a continuous batch (chunked prefills, prefix-cache hits, preemptions) equal those
+of the plain one-sequence fp32 reference loop: through the batch-invariant kernels (the default), and
+through the fast path's fp32 SDPA and native attention. (test_determinism.py holds the bit-for-bit
+claims of the default serving configuration.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import torch
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.loader import LoadedModel
-from penstock.engine.model import KVCache
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.types import Message, Prompt, SamplingParams
 
@@ -37,16 +38,14 @@ def prompt_of(loaded: LoadedModel, question: str) -> Prompt:
 
 @torch.inference_mode()
 def reference(loaded: LoadedModel, ids: tuple[int, ...], n: int) -> list[int]:
-    """Greedy tokens from the contiguous one-sequence cache, stopping at eos like the engine."""
-    cache = KVCache(loaded.args, len(ids) + n, device="cpu", dtype=torch.float32)
+    """Greedy tokens from whole-sequence forwards (no cache at all), stopping at eos like the engine."""
     out: list[int] = []
-    logits = loaded.model(torch.tensor([ids]), torch.arange(len(ids)), cache, last_only=True)[0, -1]
-    for step in range(n):
-        out.append(int(logits.argmax()))
+    for _ in range(n):
+        sequence = [*ids, *out]
+        logits = loaded.model(torch.tensor([sequence]), torch.arange(len(sequence)), logits_at=torch.tensor([-1]))
+        out.append(int(logits[0, -1].argmax()))
         if out[-1] in loaded.tokenizer.eos_token_ids:
             break
-        position = torch.tensor([len(ids) + step])
-        logits = loaded.model(torch.tensor([[out[-1]]]), position, cache, last_only=True)[0, -1]
     return out
 
 
@@ -77,10 +76,13 @@ CONFIGS = {
     "few-seqs": {"scheduler": SchedulerConfig(max_num_seqs=2, max_batched_tokens=64)},
     # 6 prompts of ~40 tokens + 20 new need ~24 blocks of 16: a quarter of that forces preemption
     "cache-tight": {"kv_cache_tokens": 6 * 16},
-    # decodes through the native kernel; with a tight cache, chunks and recomputes go beside them
-    "native-attention": {"native_attention": True},
-    "native-attention-tight": {"native_attention": True, "kv_cache_tokens": 6 * 16},
+    # the fast path: SDPA, then decodes through the native kernel; with a tight cache, chunks and
+    # recomputes go beside them
+    "fast-sdpa": {"determinism": "fast"},
+    "fast-native-attention": {"determinism": "fast", "native_attention": True},
+    "fast-native-attention-tight": {"determinism": "fast", "native_attention": True, "kv_cache_tokens": 6 * 16},
 }
+FORWARDS = {"fast-sdpa": "sdpa", "fast-native-attention": "native", "fast-native-attention-tight": "native"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -88,7 +90,7 @@ async def test_greedy_batch_equals_the_unbatched_reference(
     loaded: LoadedModel, expected: dict[str, list[int]], name: str
 ) -> None:
     for engine in engine_with(loaded, **CONFIGS[name]):
-        assert (engine.core.runner.attention_kernel is not None) == ("native" in name)  # built here: cc is present
+        assert engine.core.runner.forward.name == FORWARDS.get(name, "batch_invariant")  # built here: cc is present
         assert await run_all(engine, loaded, QUESTIONS) == expected
         stats = await engine.stats()
         assert stats.free_blocks == stats.total_blocks

@@ -9,7 +9,7 @@ import torch
 
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.loader import LoadedModel
-from penstock.engine.model import KVCache
+from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.types import Message, Prompt, SamplingParams
 
 CONVERSATIONS = [
@@ -60,10 +60,14 @@ def test_cached_decoding_matches_a_full_forward(loaded: LoadedModel) -> None:
     """A prefill, then a chunk of three continuing it, then single tokens: the logits of one forward."""
     ids = torch.tensor([chat_ids(loaded, CONVERSATIONS[0])])
     n = ids.shape[1]
-    cache = KVCache(loaded.args, n, device="cpu", dtype=torch.float32)
+    cache = PagedKVCache(loaded.args, -(-n // 16), 16, device="cpu", dtype=torch.float32)
+    table = range(cache.num_blocks)
+
+    def step(start: int, end: int) -> torch.Tensor:
+        context = PagedAttention.build(cache, [SeqSlice(table, start, end - start)], "cpu")
+        return loaded.model(ids[:, start:end], torch.arange(start, end), context)
+
     with torch.inference_mode():
         full = loaded.model(ids, torch.arange(n))
-        pieces = [loaded.model(ids[:, : n - 6], torch.arange(n - 6), cache)]
-        pieces.append(loaded.model(ids[:, n - 6 : n - 3], torch.arange(n - 6, n - 3), cache))
-        pieces += [loaded.model(ids[:, i : i + 1], torch.tensor([i]), cache) for i in range(n - 3, n)]
+        pieces = [step(0, n - 6), step(n - 6, n - 3)] + [step(i, i + 1) for i in range(n - 3, n)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)

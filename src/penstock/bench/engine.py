@@ -18,10 +18,10 @@ from penstock.bench import engine_side, hf_baseline
 from penstock.bench.fidelity import Fidelity, measure_fidelity
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import FULL, QUICK, Workload, WorkloadSpec, build_workload
-from penstock.engine.kernel_choice import AttentionChoice
+from penstock.engine.kernels.kernel_choice import AttentionChoice
+from penstock.engine.kernels.quant import HybridLinear
 from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.locator import locate_chat_model
-from penstock.engine.quant import HybridLinear
 from penstock.engine.served import DTYPES, choose_attention, quantization
 
 

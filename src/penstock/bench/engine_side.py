@@ -14,7 +14,8 @@ import structlog
 
 from penstock.bench.progress import NoProgress, Progress
 from penstock.bench.workload import BenchRequest
-from penstock.engine.kernel_choice import AttentionChoice
+from penstock.engine.kernels import Determinism
+from penstock.engine.kernels.kernel_choice import AttentionChoice
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import LoadedModel
 from penstock.engine.sampler import request_rng
@@ -100,11 +101,17 @@ def kv_tokens_for(requests: Seq[BenchRequest], fraction: float = 1.0) -> int:
 
 
 def new_engine(
-    loaded: LoadedModel, kv_tokens: int, attention: AttentionChoice | None = None, *, prefix_caching: bool = True
+    loaded: LoadedModel,
+    kv_tokens: int,
+    attention: AttentionChoice | None = None,
+    *,
+    prefix_caching: bool = True,
+    determinism: Determinism = "batch_invariant",
 ) -> LLMEngine:
     """An engine with the benchmark's block size; no attention choice: the model's dtype and SDPA."""
     kv_dtype, native = (attention.kv_dtype, attention.native) if attention else (None, False)
-    return LLMEngine(loaded, EngineConfig(BLOCK_SIZE, kv_tokens, kv_dtype, prefix_caching, native))
+    config = EngineConfig(BLOCK_SIZE, kv_tokens, kv_dtype, prefix_caching, determinism, native)
+    return LLMEngine(loaded, config)
 
 
 def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | None = None) -> EngineRun:

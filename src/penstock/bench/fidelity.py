@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from penstock.bench.workload import text_tokens
+from penstock.engine.kernels.quant import Route, every_call_through
 from penstock.engine.loader import LoadedModel
-from penstock.engine.quant import Route, every_call_through
 
 SAMPLES = 8
 SAMPLE_TOKENS = 256

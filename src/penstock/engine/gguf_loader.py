@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor, TokenType
 from gguf.quants import dequantize
 
 from penstock.engine.chat_template import ChatTemplate
-from penstock.engine.checkpoint import Checkpoint
+from penstock.engine.checkpoint import Checkpoint, Grid
 from penstock.engine.model import ModelArgs
 from penstock.engine.tokenizer import ByteLevelVocab, Tokenizer, build_byte_level_bpe, stop_token_ids
 from penstock.errors import ConfigError
@@ -36,6 +36,9 @@ BLOCK_TENSORS = {
     "ffn_down.weight": "feed_forward.w2.weight",
     "ffn_up.weight": "feed_forward.w3.weight",
 }
+
+# Bytes per block of 32 weights: an fp16 scale (and Q4_1's fp16 minimum), then the 4- or 8-bit values.
+GRID_BLOCK_BYTES = {GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20, GGMLQuantizationType.Q8_0: 34}
 
 _REQUIRED = object()
 
@@ -78,7 +81,9 @@ def read_gguf(path: Path, *, dtype: torch.dtype = torch.float32, weights: bool =
     args = model_args(meta, arch, has_output=any(t.name == "output.weight" for t in reader.tensors))
     template = chat_template(meta)
     tokenizer = gguf_tokenizer(meta, template.source)
-    return Checkpoint(args, state_dict(reader.tensors, args, dtype) if weights else {}, tokenizer, template)
+    if not weights:
+        return Checkpoint(args, {}, tokenizer, template)
+    return Checkpoint(args, state_dict(reader.tensors, args, dtype), tokenizer, template, grids(reader.tensors, args))
 
 
 def model_args(meta: GGUFMetadata, arch: str, *, has_output: bool) -> ModelArgs:
@@ -105,13 +110,53 @@ def state_dict(tensors: list[ReaderTensor], args: ModelArgs, dtype: torch.dtype)
     weights = {}
     for tensor in tensors:
         name = parameter_name(tensor.name)
-        weight = dequantised(tensor)
-        if name.endswith("attention.wq.weight"):
-            weight = unpermute_rope_rows(weight, args.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            weight = unpermute_rope_rows(weight, args.n_kv_heads)
-        weights[name] = weight.to(dtype)
+        weights[name] = in_model_rows(name, dequantised(tensor), args).to(dtype)
     return weights
+
+
+def in_model_rows(name: str, weight: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """Q and K rows as the model's rotate-half RoPE reads them; every other weight as it is."""
+    if name.endswith("attention.wq.weight"):
+        return unpermute_rope_rows(weight, args.n_heads)
+    if name.endswith("attention.wk.weight"):
+        return unpermute_rope_rows(weight, args.n_kv_heads)
+    return weight
+
+
+def grids(tensors: list[ReaderTensor], args: ModelArgs) -> dict[str, Grid]:
+    """The exact grids of the tensors stored as Q4_0, Q4_1 or Q8_0, under their parameter names."""
+    found = {}
+    for tensor in tensors:
+        grid = exact_grid(tensor)
+        if grid is not None:
+            name = parameter_name(tensor.name)
+            found[name] = grid.rows(lambda rows, name=name: in_model_rows(name, rows, args))
+    return found
+
+
+def exact_grid(tensor: ReaderTensor) -> Grid | None:
+    """A Q4_0, Q4_1 or Q8_0 tensor's blocks as a Grid (what gguf's dequantize computes, w = q·d + m,
+    Q4_0's m being -8·d); None for any other type."""
+    kind = tensor.tensor_type
+    if kind not in GRID_BLOCK_BYTES:
+        return None
+    rows, cols = (int(n) for n in reversed(tensor.shape))
+    blocks = np.ascontiguousarray(tensor.data).reshape(-1, GRID_BLOCK_BYTES[kind])
+    scale = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+    if kind == GGMLQuantizationType.Q8_0:
+        q, low = blocks[:, 2:].copy().view(np.int8), np.zeros_like(scale)
+    else:
+        has_low = kind == GGMLQuantizationType.Q4_1
+        low = blocks[:, 2:4].copy().view(np.float16).astype(np.float32) if has_low else -8 * scale
+        packed = blocks[:, 4:] if has_low else blocks[:, 2:]
+        q = np.concatenate([packed & 0x0F, packed >> 4], axis=1)  # low nibbles are elements 0-15
+    groups = cols // 32
+    return Grid(
+        torch.from_numpy(np.ascontiguousarray(q).reshape(rows, cols)),
+        torch.from_numpy(scale.reshape(rows, groups)),
+        torch.from_numpy(low.reshape(rows, groups)),
+        bits=8 if kind == GGMLQuantizationType.Q8_0 else 4,
+    )
 
 
 def parameter_name(gguf_name: str) -> str:

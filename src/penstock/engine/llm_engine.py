@@ -13,10 +13,9 @@ import structlog
 import torch
 
 from penstock.engine.block_manager import BlockManager
-from penstock.engine.fused_decode import FusedDecode
+from penstock.engine.kernels import Determinism, choose_forward
 from penstock.engine.loader import LoadedModel
 from penstock.engine.model_runner import ModelRunner
-from penstock.engine.native import load_attention_kernel, load_layer_steps
 from penstock.engine.observer import EngineObserver, NullObserver, RequestRecord, StateRecord, StepRecord
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.sampler import Logprob, request_rng, sample_batch
@@ -37,7 +36,10 @@ class EngineConfig:
     kv_cache_tokens: int = 32_768
     kv_dtype: torch.dtype | None = None  # None: the model's dtype
     prefix_caching: bool = True
-    native_attention: bool = False  # attention through the native kernel (native.py), where it is built
+    # batch_invariant: a token's numbers do not depend on what shares its step (kernels/batch_invariant.py);
+    # fast: the kernels kernel_choice timed fastest, whose numbers may differ with the batch
+    determinism: Determinism = "batch_invariant"
+    native_attention: bool = False  # fast: attention through the native kernel (native.py), where it is built
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -86,12 +88,8 @@ class LLMEngine:
         self.cache = PagedKVCache(loaded.args, num_blocks, config.block_size, dtype=kv_dtype, device=loaded.device)
         self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching=config.prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.blocks)
-        # The kernel reads fp32 queries from CPU memory; any other model keeps SDPA.
-        native = config.native_attention and loaded.dtype == torch.float32 and loaded.device.type == "cpu"
-        kernel, fused = (
-            (load_attention_kernel(), FusedDecode.build(loaded.model, load_layer_steps())) if native else (None, None)
-        )
-        self.runner = ModelRunner(loaded, self.cache, kernel, fused if kernel is not None else None)
+        forward = choose_forward(loaded, config.determinism, config.native_attention)
+        self.runner = ModelRunner(loaded, self.cache, forward)
         self.tokenizer = loaded.tokenizer
         self.requests: dict[int, Request] = {}
         per_token = PagedKVCache.bytes_per_token(loaded.args, kv_dtype)
@@ -100,7 +98,7 @@ class LLMEngine:
             tokens=num_blocks * config.block_size,
             bytes=num_blocks * config.block_size * per_token,
             dtype=str(kv_dtype).removeprefix("torch."),
-            attention="native" if self.runner.attention_kernel else "sdpa",
+            forward=forward.name,
             max_concurrent_seqs=config.scheduler.max_num_seqs,
             full_context_seqs=num_blocks * config.block_size // loaded.args.max_seq_len,
         )

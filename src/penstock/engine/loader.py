@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from penstock.engine.chat_template import ChatTemplate
-from penstock.engine.checkpoint import Checkpoint
+from penstock.engine.checkpoint import Checkpoint, Grid, concat_grids
 from penstock.engine.gguf_loader import read_gguf
-from penstock.engine.kernel_choice import DENSE_DTYPES, choose_weight_kernels
+from penstock.engine.kernels.kernel_choice import DENSE_DTYPES, choose_weight_kernels
+from penstock.engine.kernels.quant import quantize_layers
 from penstock.engine.model import ModelArgs, Transformer, fuse_projections
-from penstock.engine.quant import quantize_layers
 from penstock.engine.safetensors_loader import read_hf_folder
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
@@ -30,6 +30,7 @@ class LoadedModel:
     model: Transformer
     tokenizer: Tokenizer
     chat_template: ChatTemplate
+    grids: dict[str, Grid] = field(default_factory=dict, repr=False)  # exact quantized forms, fused as the model is
 
     @property
     def device(self) -> torch.device:
@@ -56,7 +57,8 @@ def load_chat_model(
             quantize_layers(model)
         elif quantize == "measure":
             choose_weight_kernels(model, DENSE_DTYPES)
-    return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template)
+    grids = fuse_projections(checkpoint.grids, checkpoint.args.n_layers, concat_grids)
+    return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template, grids)
 
 
 def build_transformer(checkpoint: Checkpoint, device: torch.device | str) -> Transformer:

@@ -6,12 +6,15 @@ implementation serves both checkpoint formats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+W = TypeVar("W")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,39 +47,6 @@ class NoCache:
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=True)
-
-
-class KVCache:
-    """A contiguous cache for one batch of equally long sequences, filled left to right.
-
-    The reference path: the serving engine keeps its keys and values in a paged cache instead.
-    """
-
-    def __init__(
-        self, args: ModelArgs, max_len: int, *, device: torch.device | str, dtype: torch.dtype, batch: int = 1
-    ) -> None:
-        shape = (args.n_layers, batch, args.n_kv_heads, max_len, args.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-        self._n_layers = args.n_layers
-
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        if layer == self._n_layers - 1:
-            self.length = end
-        # A query at position start + i sees keys up to start + i.
-        mask = None if q.shape[2] == 1 else causal_mask(start, end, q.device)
-        return F.scaled_dot_product_attention(
-            q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], attn_mask=mask, enable_gqa=True
-        )
-
-
-def causal_mask(start: int, end: int, device: torch.device) -> Tensor:
-    queries = torch.arange(start, end, device=device)
-    return torch.arange(end, device=device)[None, :] <= queries[:, None]
 
 
 class RMSNorm(nn.Module):
@@ -147,13 +117,21 @@ FUSED = {
 }
 
 
-def fuse_projections(state_dict: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
-    """Checkpoint weights (named per projection) → this model's fused projections, concatenated by output row."""
-    fused = dict(state_dict)
+def fuse_projections(
+    weights: dict[str, W], n_layers: int, concat: Callable[[list[W]], W | None] = torch.cat
+) -> dict[str, W]:
+    """Checkpoint weights (named per projection) → this model's fused projections, concatenated by output row.
+
+    A projection whose parts are not all present, or that `concat` cannot join (None), is left out.
+    """
+    fused = dict(weights)
     for layer in range(n_layers):
         for target, parts in FUSED.items():
             names = [f"layers.{layer}.{part}.weight" for part in parts]
-            fused[f"layers.{layer}.{target}.weight"] = torch.cat([fused.pop(name) for name in names])
+            found = [fused.pop(name) for name in names if name in fused]
+            joined = concat(found) if len(found) == len(names) else None
+            if joined is not None:
+                fused[f"layers.{layer}.{target}.weight"] = joined
     return fused
 
 
@@ -187,21 +165,18 @@ class Transformer(nn.Module):
         positions: Tensor,
         context: AttentionContext | None = None,
         *,
-        last_only: bool = False,
         logits_at: Tensor | None = None,
     ) -> Tensor:
         """tokens (B, T) at absolute positions (T,); the context holds what came before.
 
-        Returns logits (B, T, vocab_size); with `last_only` (B, 1, vocab_size), with `logits_at`
-        (B, len(logits_at), vocab_size): all a sampler needs, and far smaller than a prompt's logits.
+        Returns logits (B, T, vocab_size); with `logits_at` (B, len(logits_at), vocab_size): all a
+        sampler needs, and far smaller than a prompt's logits.
         """
         x = self.tok_embeddings(tokens)
         cos, sin = rope_tables(positions, self.args.head_dim, self.args.rope_theta, x.dtype)
         context = context if context is not None else NoCache()
         for layer in self.layers:
             x = layer(x, cos, sin, context)
-        if last_only:
-            x = x[:, -1:]
-        elif logits_at is not None:
+        if logits_at is not None:
             x = x[:, logits_at]
         return self.output(self.norm(x))

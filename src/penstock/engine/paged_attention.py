@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from penstock.engine.kernels.native import AttentionKernel, QueryRows
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import AttentionKernel, QueryRows
 
 
 class PagedKVCache:
@@ -51,6 +51,18 @@ class SeqSlice:
     block_table: Seq[int]
     start: int
     length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """What one step computes: its tokens in flat order, each sequence's slice, and the rows that sample."""
+
+    tokens: Seq[int]
+    slices: Seq[SeqSlice]
+    logits_at: Tensor  # (n,) indices into tokens
+
+    def positions(self) -> Tensor:
+        return torch.cat([torch.arange(s.start, s.start + s.length) for s in self.slices])
 
 
 @dataclass(frozen=True, slots=True)

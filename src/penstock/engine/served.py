@@ -8,18 +8,18 @@ from pathlib import Path
 
 import torch
 
-from penstock.config import DeploymentConfig, EngineSettings
+from penstock.config import DeploymentConfig
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.chat_template import ChatTemplate, Part
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.grammar import GrammarCompiler
-from penstock.engine.kernel_choice import KV_DTYPES, AttentionChoice
-from penstock.engine.kernel_choice import choose_attention as choose_attention_by_timing
+from penstock.engine.kernels.kernel_choice import KV_DTYPES, AttentionChoice
+from penstock.engine.kernels.kernel_choice import choose_attention as choose_attention_by_timing
+from penstock.engine.kernels.native import load_attention_kernel
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.loader import Quantize, load_chat_model
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import load_attention_kernel
 from penstock.engine.observer import EngineObserver
 from penstock.engine.paged_attention import PagedKVCache
 from penstock.engine.scheduler import SchedulerConfig
@@ -82,9 +82,12 @@ class ServedModel(ChatCodec):
         self.engine.close()
 
 
-def quantization(weights: str, path: Path) -> Quantize:
+def quantization(weights: str, path: Path, determinism: str = "fast") -> Quantize:
     """auto: a 4-bit GGUF gets the int4 and bf16 kernels where they time faster (its weights already lie
-    on the int4 grid, and with its head rescored in fp32, bf16 layers stay nearer fp32 than int4 ones)."""
+    on the int4 grid, and with its head rescored in fp32, bf16 layers stay nearer fp32 than int4 ones).
+    batch_invariant: none; its kernels multiply the file's exact grids (kernels/batch_invariant.py)."""
+    if determinism == "batch_invariant":
+        return "off"
     if weights == "auto":
         return "measure" if path.suffix == ".gguf" and has_4bit_layers(path) else "off"
     return {"int4": "on", "int4-bf16": "measure"}.get(weights, "off")
@@ -99,8 +102,13 @@ def choose_attention(kv_setting: str, kernel_setting: str, args: ModelArgs, dtyp
     return choose_attention_by_timing(args, kv_dtypes, natives)
 
 
-def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs) -> EngineConfig:
-    attention = choose_attention(settings.kv_cache_dtype, settings.attention_kernel, args, dtype)
+def engine_config(deployment: DeploymentConfig, args: ModelArgs) -> EngineConfig:
+    settings, dtype = deployment.engine, DTYPES[deployment.dtype]
+    if deployment.determinism == "batch_invariant":  # fixed rules, nothing timed
+        kv_dtype = torch.float32 if settings.kv_cache_dtype == "auto" else DTYPES[settings.kv_cache_dtype]
+        attention = AttentionChoice(kv_dtype, native=False)
+    else:
+        attention = choose_attention(settings.kv_cache_dtype, settings.attention_kernel, args, dtype)
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
         tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, attention.kv_dtype)
@@ -109,6 +117,7 @@ def engine_config(settings: EngineSettings, dtype: torch.dtype, args: ModelArgs)
         kv_cache_tokens=tokens,
         kv_dtype=attention.kv_dtype,
         prefix_caching=settings.prefix_caching,
+        determinism=deployment.determinism,
         native_attention=attention.native,
         scheduler=SchedulerConfig(max_num_seqs=settings.max_num_seqs, max_batched_tokens=settings.max_batched_tokens),
     )
@@ -124,8 +133,9 @@ def load_served_models(
     served = {}
     for deployment in deployments:
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
-        configure = partial(engine_config, deployment.engine, dtype)
+        configure = partial(engine_config, deployment)
         observer = observe(deployment.name) if observe else None
-        load = partial(load_chat_model, path, dtype=dtype, quantize=quantization(deployment.weights, path))
+        quantize = quantization(deployment.weights, path, deployment.determinism)
+        load = partial(load_chat_model, path, dtype=dtype, quantize=quantize)
         served[deployment.name] = ServedModel(AsyncEngine(load, configure, observer, threads=deployment.engine.threads))
     return served

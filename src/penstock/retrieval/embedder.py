@@ -31,7 +31,7 @@ import torch
 from tokenizers import Tokenizer
 
 from penstock.config import Settings
-from penstock.engine.kernel_choice import median_seconds
+from penstock.engine.kernels.kernel_choice import median_seconds
 from penstock.engine.locator import locate_embedding_model
 from penstock.retrieval.bert import BertEncoder, load_bert
 from penstock.retrieval.token_cache import TokenVectorCache

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from penstock.engine.kernels.native import LayerShape, LayerSteps, StepTensors
+from penstock.engine.kernels.quant import HybridInt4Linear
 from penstock.engine.model import Transformer, rope_tables
-from penstock.engine.native import LayerShape, LayerSteps, StepTensors
 from penstock.engine.paged_attention import PagedAttention
-from penstock.engine.quant import HybridInt4Linear
 
 MAX_HEAD_DIM = 512  # csrc/decode_layer.c's
 

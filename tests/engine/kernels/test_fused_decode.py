@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from penstock.engine.fused_decode import FusedDecode
+from penstock.engine.kernels.fused_decode import FusedDecode
+from penstock.engine.kernels.paged_forward import PagedForward
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import LoadedModel, load_chat_model
-from penstock.engine.native import load_attention_kernel, load_layer_steps
+from penstock.engine.kernels.native import load_attention_kernel, load_layer_steps
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.engine.sampler import request_rng
 from penstock.engine.sequence import Sequence
@@ -48,7 +49,9 @@ def test_a_mixed_few_row_step_gives_the_pytorch_paths_logits(
     with torch.inference_mode():
         for length, table in zip(lengths, tables, strict=True):  # each context prefilled by the model alone
             context = PagedAttention.build(cache, [SeqSlice(table, 0, length)], "cpu", kernel)
-            quantized.model(torch.tensor([tokens[:length]]), torch.arange(length), context, last_only=True)
+            quantized.model(
+                torch.tensor([tokens[:length]]), torch.arange(length), context, logits_at=torch.tensor([length - 1])
+            )
         chunks = [(0, 1), (1, 1), (2, 1), (3, 5)]  # (sequence, tokens in this step)
         step = [tokens[lengths[s] : lengths[s] + n] for s, n in chunks]
         slices = [SeqSlice(tables[s], lengths[s], n) for s, n in chunks]
@@ -94,11 +97,13 @@ def test_all_layers_in_one_native_call_give_the_layer_by_layer_bits(quantized: L
 
 
 def test_the_engine_takes_the_fused_path_for_few_rows_only(quantized: LoadedModel, fused: FusedDecode) -> None:
-    engine = LLMEngine(quantized, EngineConfig(block_size=BLOCK, kv_cache_tokens=512, native_attention=True))
-    assert engine.runner.fused is not None and engine.runner.fused.max_rows == 16
+    config = EngineConfig(block_size=BLOCK, kv_cache_tokens=512, determinism="fast", native_attention=True)
+    engine = LLMEngine(quantized, config)
+    path = engine.runner.forward
+    assert isinstance(path, PagedForward) and path.fused is not None and path.fused.max_rows == 16
     calls: list[int] = []
-    forward = engine.runner.fused.forward
-    engine.runner.fused.forward = lambda ids, *rest: calls.append(ids.shape[1]) or forward(ids, *rest)  # type: ignore[method-assign]
+    forward = path.fused.forward
+    path.fused.forward = lambda ids, *rest: calls.append(ids.shape[1]) or forward(ids, *rest)  # type: ignore[method-assign]
     events: list[TokenEvent | Exception] = []
     prompt = quantized.tokenizer.encode(TEXT)  # over 16 tokens: prefilled by Transformer.forward
     params = SamplingParams(max_tokens=6, temperature=0.0)

@@ -7,8 +7,8 @@ from torch import nn
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import load_chat_model
-from penstock.engine.native import load_int4_matmul, load_int8_matmul
-from penstock.engine.quant import (
+from penstock.engine.kernels.native import load_int4_matmul, load_int8_matmul
+from penstock.engine.kernels.quant import (
     FEW_ROWS,
     GROUP,
     RESCORED,
@@ -215,7 +215,8 @@ def test_a_quantized_engine_serves_a_prompt_prefilled_in_chunks(gguf_path: Path)
     """Chunks before a prompt's last sample nothing: the quantized head must take zero rows."""
     loaded = load_chat_model(gguf_path, quantize="on")
     scheduler = SchedulerConfig(max_num_seqs=4, max_batched_tokens=32)
-    engine = LLMEngine(loaded, EngineConfig(block_size=16, kv_cache_tokens=512, scheduler=scheduler))
+    config = EngineConfig(block_size=16, kv_cache_tokens=512, determinism="fast", scheduler=scheduler)
+    engine = LLMEngine(loaded, config)
     events: list[object] = []
     params = SamplingParams(max_tokens=4, temperature=0.0)
     engine.add(Sequence(list(range(100, 200)), params, max_tokens=4, rng=request_rng(None, "cpu")), events.append)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from penstock.engine.kernel_choice import (
+from penstock.engine.kernels.kernel_choice import (
     DENSE_DTYPES,
     KV_DTYPES,
     AttentionChoice,
@@ -16,7 +16,7 @@ from penstock.engine.kernel_choice import (
     median_seconds,
 )
 from penstock.engine.model import ModelArgs, Transformer
-from penstock.engine.quant import HybridHead, HybridInt4Linear
+from penstock.engine.kernels.quant import HybridHead, HybridInt4Linear
 
 TINY = ModelArgs(
     dim=64,

@@ -20,10 +20,10 @@ import structlog
 import torch
 from torch import nn
 
+from penstock.engine.kernels.native import FUNCTIONS, AttentionKernel, load_attention_kernel
+from penstock.engine.kernels.quant import HybridLinear, Swap, apply_swaps, hybrid_swaps
 from penstock.engine.model import ModelArgs
-from penstock.engine.native import FUNCTIONS, AttentionKernel, load_attention_kernel
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
-from penstock.engine.quant import HybridLinear, Swap, apply_swaps, hybrid_swaps
 
 log = structlog.get_logger("penstock.engine")
 KV_DTYPES = (torch.float32, torch.bfloat16)

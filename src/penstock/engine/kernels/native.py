@@ -314,6 +314,20 @@ def load_int8_matmul() -> Int8Matmul | None:
     return Int8Matmul(library)
 
 
+def native_library() -> ctypes.CDLL | None:
+    """The compiled library with the batch-invariant functions' signatures set, or None where it cannot be built."""
+    library = _library()
+    if library is not None:
+        library.bi_linear.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        library.bi_linear.restype = ctypes.c_int
+        library.bi_unpack.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        library.bi_unpack.restype = None
+        library.bi_layers.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p] + [ctypes.c_void_p] * 3
+        library.bi_layers.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 3
+        library.bi_layers.restype = ctypes.c_int
+    return library
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc"))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from penstock.engine.native import load_int4_matmul, load_int8_matmul
+from penstock.engine.kernels.native import load_int4_matmul, load_int8_matmul
 
 GROUP = 32
 FEW_ROWS = 16  # below this, int4 is faster than fp32 on the measured CPU; kernel_choice measures it per layer
