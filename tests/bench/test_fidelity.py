@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from penstock.bench.fidelity import measure_fidelity
-from penstock.engine.loader import LoadedModel, load_chat_model
 from penstock.engine.kernels.quant import FEW_ROWS, HybridLinear
+from penstock.engine.loader import LoadedModel, load_chat_model
 
 
 @pytest.fixture(scope="module")

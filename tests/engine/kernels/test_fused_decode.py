@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from penstock.engine.kernels.fused_decode import FusedDecode
+from penstock.engine.kernels.native import load_attention_kernel, load_layer_steps
 from penstock.engine.kernels.paged_forward import PagedForward
 from penstock.engine.llm_engine import EngineConfig, LLMEngine
 from penstock.engine.loader import LoadedModel, load_chat_model
-from penstock.engine.kernels.native import load_attention_kernel, load_layer_steps
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 from penstock.engine.sampler import request_rng
 from penstock.engine.sequence import Sequence

@@ -15,8 +15,8 @@ from penstock.engine.kernels.kernel_choice import (
     interleaved_seconds,
     median_seconds,
 )
-from penstock.engine.model import ModelArgs, Transformer
 from penstock.engine.kernels.quant import HybridHead, HybridInt4Linear
+from penstock.engine.model import ModelArgs, Transformer
 
 TINY = ModelArgs(
     dim=64,

@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from penstock.engine import native
-from penstock.engine.model import ModelArgs, apply_rope, rope_tables
+from penstock.engine.kernels import native
 from penstock.engine.kernels.native import AttentionKernel, QueryRows, load_attention_kernel
+from penstock.engine.model import ModelArgs, apply_rope, rope_tables
 from penstock.engine.paged_attention import PagedAttention, PagedKVCache, SeqSlice
 
 ARGS = ModelArgs(

@@ -5,8 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from penstock.engine.gguf_loader import has_4bit_layers
-from penstock.engine.llm_engine import EngineConfig, LLMEngine
-from penstock.engine.loader import load_chat_model
 from penstock.engine.kernels.native import load_int4_matmul, load_int8_matmul
 from penstock.engine.kernels.quant import (
     FEW_ROWS,
@@ -22,6 +20,8 @@ from penstock.engine.kernels.quant import (
     pack_int8_tiles,
     quantize_layers,
 )
+from penstock.engine.llm_engine import EngineConfig, LLMEngine
+from penstock.engine.loader import load_chat_model
 from penstock.engine.sampler import request_rng
 from penstock.engine.scheduler import SchedulerConfig
 from penstock.engine.sequence import Sequence
