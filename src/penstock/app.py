@@ -85,7 +85,9 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = (
-            served if served is not None else load_served_models(settings.deployments, partial(EngineMetrics, registry))
+            served
+            if served is not None
+            else load_served_models(settings.deployments, partial(EngineMetrics, registry), settings.data_dir)
         )
         embedder = configured_embedder(settings)
         reranker = MaxSimReranker(embedder, TokenVectorCache(settings.retrieval.rerank_cache_mb * 2**20))

@@ -34,6 +34,7 @@ class Tracker:
     progress: Progress
     submitted: float = 0.0
     token_times: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
     finished: bool = False
     error: Exception | None = None
 
@@ -43,6 +44,7 @@ class Tracker:
             return
         now = time.perf_counter()
         self.token_times += [now] * len(item.token_ids)
+        self.token_ids += item.token_ids
         self.finished = item.finish_reason is not None
         self.progress.advance(len(item.token_ids))
 
@@ -127,13 +129,23 @@ def run(engine: LLMEngine, requests: Seq[BenchRequest], progress: Progress | Non
     return EngineRun(trackers, wall_s, stats.preemptions - before, stats.prefix_hit_rate)
 
 
-def single_stream_tok_s(loaded: LoadedModel, request: BenchRequest, attention: AttentionChoice | None = None) -> float:
+def single_stream_tok_s(
+    loaded: LoadedModel,
+    request: BenchRequest,
+    attention: AttentionChoice | None = None,
+    determinism: Determinism = "batch_invariant",
+) -> float:
     """Decode tokens per second of one request alone, time to first token excluded."""
-    return run(new_engine(loaded, kv_tokens_for([request]), attention), [request]).trackers[0].decode_tok_s
+    engine = new_engine(loaded, kv_tokens_for([request]), attention, determinism=determinism)
+    return run(engine, [request]).trackers[0].decode_tok_s
 
 
 def prefix_ttft_s(
-    loaded: LoadedModel, warmup: BenchRequest, prefixed: Seq[BenchRequest], attention: AttentionChoice | None = None
+    loaded: LoadedModel,
+    warmup: BenchRequest,
+    prefixed: Seq[BenchRequest],
+    attention: AttentionChoice | None = None,
+    determinism: Determinism = "batch_invariant",
 ) -> tuple[float, float]:
     """Mean time to first token of the prefixed requests, all submitted at once: without prefix caching,
     then with the shared prefix already cached.
@@ -142,8 +154,9 @@ def prefix_ttft_s(
     within the same run, so that run measures the cache's in-flight sharing, not a cold start.
     """
     kv_tokens = kv_tokens_for([warmup, *prefixed])
-    cold = run(new_engine(loaded, kv_tokens, attention, prefix_caching=False), prefixed).mean_ttft_s
-    engine = new_engine(loaded, kv_tokens, attention)
+    cold_engine = new_engine(loaded, kv_tokens, attention, prefix_caching=False, determinism=determinism)
+    cold = run(cold_engine, prefixed).mean_ttft_s
+    engine = new_engine(loaded, kv_tokens, attention, determinism=determinism)
     run(engine, [warmup])
     return cold, run(engine, prefixed).mean_ttft_s
 

@@ -33,6 +33,7 @@ class WorkloadSpec:
     prefix_requests: int = 16
     suffix_len: int = 32
     hf_batches: tuple[int, ...] = (8, 16, 32, 64)
+    answer_prompts: int = 56  # chat prompts whose greedy answers are held against fp32's (bench/answers.py)
 
 
 FULL = WorkloadSpec()
@@ -46,6 +47,7 @@ QUICK = WorkloadSpec(
     prefix_requests=4,
     suffix_len=16,
     hf_batches=(8,),
+    answer_prompts=16,
 )
 
 

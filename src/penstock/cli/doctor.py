@@ -64,6 +64,30 @@ def check_embedding_model(settings: Settings) -> Finding:
     return Finding("embedding model", True, str(path))
 
 
+def check_kernels(settings: Settings) -> Finding:
+    """Each deployment's determinism and where its kernels come from: fixed, stored, or yet to be measured."""
+    from penstock.engine.kernels.native import native_library
+    from penstock.engine.locator import locate_chat_model
+    from penstock.engine.served import kernel_memory
+
+    details, ok = [], True
+    for deployment in settings.deployments:
+        if deployment.determinism == "batch_invariant":
+            built = native_library() is not None
+            ok &= built
+            state = "fixed kernels" if built else "its kernels cannot be built here (no C compiler?): runs unguaranteed"
+            details.append(f"{deployment.name}: batch_invariant, {state}")
+            continue
+        try:
+            memory = kernel_memory(deployment, locate_chat_model(deployment.model_path), settings.data_dir)
+        except PenstockError:
+            continue  # check_chat_models reports the missing file
+        stored = memory.stored() if memory else {}
+        where = f"stored in {memory.path}: {stored}" if memory and stored else "not measured yet (first start does)"
+        details.append(f"{deployment.name}: fast, kernels {where}")
+    return Finding("kernels", ok, "; ".join(details), "" if ok else "apt-get install gcc, or determinism: fast")
+
+
 def check_database(settings: Settings) -> Finding:
     if settings.database_url is None:
         return _check_embedded(settings)
@@ -115,5 +139,6 @@ CHECKS: tuple[Callable[[Settings], Finding], ...] = (
     check_python,
     check_chat_models,
     check_embedding_model,
+    check_kernels,
     check_database,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from penstock.cli import bench, chat, config_cmd, doctor, evaluate, ingest, keys, review, serve, usage
+from penstock.cli import bench, chat, config_cmd, doctor, engine_cmd, evaluate, ingest, keys, review, serve, usage
 from penstock.observability.logging import configure_logging
 
 app = typer.Typer(help="Penstock: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
@@ -24,6 +24,7 @@ app.command("ingest")(ingest.ingest)
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(bench.app, name="bench")
+app.add_typer(engine_cmd.app, name="engine")
 app.add_typer(keys.tenants_app, name="tenants")
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(usage.app, name="usage")

@@ -11,6 +11,7 @@ import torch
 from penstock.engine.chat_template import ChatTemplate
 from penstock.engine.checkpoint import Checkpoint, Grid, concat_grids
 from penstock.engine.gguf_loader import read_gguf
+from penstock.engine.kernels.calibration import KernelMemory
 from penstock.engine.kernels.kernel_choice import DENSE_DTYPES, choose_weight_kernels
 from penstock.engine.kernels.quant import quantize_layers
 from penstock.engine.model import ModelArgs, Transformer, fuse_projections
@@ -42,9 +43,15 @@ class LoadedModel:
 
 
 def load_chat_model(
-    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", quantize: Quantize = "off"
+    path: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    quantize: Quantize = "off",
+    memory: KernelMemory | None = None,
 ) -> LoadedModel:
-    """The model ready to run; `quantize` adds weight-only quantized kernels for few-row calls (CPU only)."""
+    """The model ready to run; `quantize` adds weight-only quantized kernels for few-row calls (CPU only),
+    `measure` as `memory` holds them from an earlier start where it does."""
     if path.is_file() and path.suffix == ".gguf":
         checkpoint, name = read_gguf(path, dtype=dtype), path.stem
     elif path.is_dir():
@@ -56,7 +63,7 @@ def load_chat_model(
         if quantize == "on":
             quantize_layers(model)
         elif quantize == "measure":
-            choose_weight_kernels(model, DENSE_DTYPES)
+            choose_weight_kernels(model, DENSE_DTYPES, memory)
     grids = fuse_projections(checkpoint.grids, checkpoint.args.n_layers, concat_grids)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template, grids)
 

@@ -13,6 +13,7 @@ from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.chat_template import ChatTemplate, Part
 from penstock.engine.gguf_loader import has_4bit_layers
 from penstock.engine.grammar import GrammarCompiler
+from penstock.engine.kernels.calibration import KernelMemory
 from penstock.engine.kernels.kernel_choice import KV_DTYPES, AttentionChoice
 from penstock.engine.kernels.kernel_choice import choose_attention as choose_attention_by_timing
 from penstock.engine.kernels.native import load_attention_kernel
@@ -93,22 +94,25 @@ def quantization(weights: str, path: Path, determinism: str = "fast") -> Quantiz
     return {"int4": "on", "int4-bf16": "measure"}.get(weights, "off")
 
 
-def choose_attention(kv_setting: str, kernel_setting: str, args: ModelArgs, dtype: torch.dtype) -> AttentionChoice:
-    """The KV cache dtype and decode path the settings ask for; `auto` ones timed on this CPU."""
+def choose_attention(
+    kv_setting: str, kernel_setting: str, args: ModelArgs, dtype: torch.dtype, memory: KernelMemory | None = None
+) -> AttentionChoice:
+    """The KV cache dtype and decode path the settings ask for; `auto` ones timed on this CPU (or as
+    `memory` holds them from an earlier start)."""
     kv_dtypes = KV_DTYPES if kv_setting == "auto" else (DTYPES[kv_setting],)
     # The kernel reads fp32 queries; a bf16 model keeps SDPA. "native" still falls back where it cannot build.
     buildable = dtype == torch.float32 and kernel_setting != "sdpa" and load_attention_kernel() is not None
     natives = {"auto": (False, True), "native": (True,), "sdpa": (False,)}[kernel_setting] if buildable else (False,)
-    return choose_attention_by_timing(args, kv_dtypes, natives)
+    return choose_attention_by_timing(args, kv_dtypes, natives, memory)
 
 
-def engine_config(deployment: DeploymentConfig, args: ModelArgs) -> EngineConfig:
+def engine_config(deployment: DeploymentConfig, args: ModelArgs, memory: KernelMemory | None = None) -> EngineConfig:
     settings, dtype = deployment.engine, DTYPES[deployment.dtype]
     if deployment.determinism == "batch_invariant":  # fixed rules, nothing timed
         kv_dtype = torch.float32 if settings.kv_cache_dtype == "auto" else DTYPES[settings.kv_cache_dtype]
         attention = AttentionChoice(kv_dtype, native=False)
     else:
-        attention = choose_attention(settings.kv_cache_dtype, settings.attention_kernel, args, dtype)
+        attention = choose_attention(settings.kv_cache_dtype, settings.attention_kernel, args, dtype, memory)
     tokens = settings.kv_cache_tokens
     if settings.kv_cache_bytes is not None:
         tokens = settings.kv_cache_bytes // PagedKVCache.bytes_per_token(args, attention.kv_dtype)
@@ -123,19 +127,35 @@ def engine_config(deployment: DeploymentConfig, args: ModelArgs) -> EngineConfig
     )
 
 
+def kernel_memory(
+    deployment: DeploymentConfig, path: Path, home: Path | None, *, remeasure: bool = False
+) -> KernelMemory | None:
+    """Where a `fast` deployment's timed kernel choices are kept (PENSTOCK_HOME/kernels); None for
+    batch_invariant, whose kernels are fixed, or without a home (timed at every start)."""
+    if deployment.determinism == "batch_invariant" or home is None:
+        return None
+    settings = {"dtype": deployment.dtype, "weights": deployment.weights, "threads": deployment.engine.threads}
+    settings |= {"kv": deployment.engine.kv_cache_dtype, "attention": deployment.engine.attention_kernel}
+    return KernelMemory.for_model(home, path, settings, remeasure=remeasure)
+
+
 def load_served_models(
-    deployments: Iterable[DeploymentConfig], observe: Callable[[str], EngineObserver] | None = None
+    deployments: Iterable[DeploymentConfig],
+    observe: Callable[[str], EngineObserver] | None = None,
+    home: Path | None = None,
 ) -> dict[str, ServedModel]:
     """Load every deployment's weights; a missing model file fails here, at start, not per request.
 
-    `observe` gives each deployment's engine its observer (metrics), by deployment name.
+    `observe` gives each deployment's engine its observer (metrics), by deployment name; `home` keeps
+    `fast` deployments' kernel choices from one start to the next.
     """
     served = {}
     for deployment in deployments:
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
-        configure = partial(engine_config, deployment)
+        memory = kernel_memory(deployment, path, home)
+        configure = partial(engine_config, deployment, memory=memory)
         observer = observe(deployment.name) if observe else None
         quantize = quantization(deployment.weights, path, deployment.determinism)
-        load = partial(load_chat_model, path, dtype=dtype, quantize=quantize)
+        load = partial(load_chat_model, path, dtype=dtype, quantize=quantize, memory=memory)
         served[deployment.name] = ServedModel(AsyncEngine(load, configure, observer, threads=deployment.engine.threads))
     return served

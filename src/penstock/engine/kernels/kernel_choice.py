@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 import torch
 from torch import nn
 
+from penstock.engine.kernels.calibration import KernelMemory
 from penstock.engine.kernels.native import FUNCTIONS, AttentionKernel, load_attention_kernel
 from penstock.engine.kernels.quant import HybridLinear, Swap, apply_swaps, hybrid_swaps
 from penstock.engine.model import ModelArgs
@@ -52,9 +54,19 @@ class WeightChoice:
     few_rows: dict[str, int]  # per layer shape ("outxin"): below this many rows, the quantized kernel
     swapped: bool  # whether the hybrid layers went in at all
 
+    def to_json(self) -> dict[str, Any]:
+        return {"dense": _dtype_name(self.dense_dtype), "few_rows": self.few_rows, "swapped": self.swapped}
 
-def choose_weight_kernels(model: nn.Module, dense_dtypes: Seq[torch.dtype] = (torch.float32,)) -> WeightChoice:
-    """Swap in the hybrid quantized layers, with their dense dtype and few-row crossover timed here.
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WeightChoice:
+        return cls(getattr(torch, data["dense"]), {k: int(v) for k, v in data["few_rows"].items()}, data["swapped"])
+
+
+def choose_weight_kernels(
+    model: nn.Module, dense_dtypes: Seq[torch.dtype] = (torch.float32,), memory: KernelMemory | None = None
+) -> WeightChoice:
+    """Swap in the hybrid quantized layers, with their dense dtype and few-row crossover timed here,
+    or as `memory` holds them from an earlier start on this machine (where it holds them for these shapes).
 
     Where `dense_dtypes` offers more than one, the dense dtype is timed at DENSE_PROBE_ROWS rows (a
     batch's decode step); then for each layer shape the crossover is the fewest rows at which the
@@ -63,18 +75,29 @@ def choose_weight_kernels(model: nn.Module, dense_dtypes: Seq[torch.dtype] = (to
     """
     swaps = hybrid_swaps(model)
     shapes = _by_shape(_layers(swaps))
+    stored = memory.recall("weights") if memory else None
+    choice = WeightChoice.from_json(stored) if stored else None
+    if choice is None or set(choice.few_rows) != set(shapes):
+        choice = _measure_weight_kernels(shapes, dense_dtypes)
+        if memory:
+            memory.keep("weights", choice.to_json())
+    if choice.swapped:
+        for name, group in shapes.items():
+            for layer in group:
+                layer.use_dense(choice.dense_dtype)
+                layer.few_rows = choice.few_rows[name]
+        apply_swaps(swaps)
+    source = memory.sources.get("weights", "measured") if memory else "measured"
+    log.info("kernel_choice", kind="weights", **choice.to_json(), source=source)
+    return choice
+
+
+def _measure_weight_kernels(shapes: dict[str, list[HybridLinear]], dense_dtypes: Seq[torch.dtype]) -> WeightChoice:
     dense = dense_dtypes[0]
     if len(dense_dtypes) > 1:
         dense = min(dense_dtypes, key=lambda dtype: _dense_seconds(shapes, dtype, DENSE_PROBE_ROWS))
     few_rows = {name: _crossover(group, dense) for name, group in shapes.items()}
     swapped = dense != torch.float32 or any(rows > 1 for rows in few_rows.values())
-    if swapped:
-        for name, group in shapes.items():
-            for layer in group:
-                layer.use_dense(dense)
-                layer.few_rows = few_rows[name]
-        apply_swaps(swaps)
-    log.info("kernel_choice", kind="weights", dense=_dtype_name(dense), few_rows=few_rows, swapped=swapped)
     return WeightChoice(dense, few_rows, swapped)
 
 
@@ -141,21 +164,39 @@ class AttentionChoice:
     kv_dtype: torch.dtype
     native: bool  # attention through the native kernel (native.py) rather than per-sequence SDPA
 
+    def to_json(self) -> dict[str, Any]:
+        return {"kv_dtype": _dtype_name(self.kv_dtype), "native": self.native}
 
-def choose_attention(args: ModelArgs, kv_dtypes: Seq[torch.dtype], natives: Seq[bool]) -> AttentionChoice:
-    """The fastest KV cache dtype and attention path for a step of decodes beside a prefill chunk."""
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttentionChoice:
+        return cls(getattr(torch, data["kv_dtype"]), bool(data["native"]))
+
+
+def choose_attention(
+    args: ModelArgs, kv_dtypes: Seq[torch.dtype], natives: Seq[bool], memory: KernelMemory | None = None
+) -> AttentionChoice:
+    """The fastest KV cache dtype and attention path for a step of decodes beside a prefill chunk,
+    timed here or as `memory` holds it from an earlier start (where that is still one of the candidates)."""
     # The kernel serves fp32 and bf16 caches; for any other dtype its candidate becomes SDPA's.
     candidates = list(dict.fromkeys(AttentionChoice(d, n and d in FUNCTIONS) for d in kv_dtypes for n in natives))
     if len(candidates) == 1:
         return candidates[0]
+    stored = memory.recall("attention") if memory else None
+    if stored and AttentionChoice.from_json(stored) in candidates:
+        best = AttentionChoice.from_json(stored)
+        log.info("kernel_choice", kind="attention", chosen=_label(best).removesuffix("_ms"), source="stored")
+        return best
     kernel = load_attention_kernel() if any(natives) else None
     timings = {c: _step_seconds(args, c.kv_dtype, kernel if c.native else None) for c in candidates}
     best = min(timings, key=timings.__getitem__)
+    if memory:
+        memory.keep("attention", best.to_json())
     log.info(
         "kernel_choice",
         kind="attention",
         **{_label(c): round(s * 1e3, 2) for c, s in timings.items()},
         chosen=_label(best).removesuffix("_ms"),
+        source="measured",
     )
     return best
 
