@@ -20,7 +20,12 @@ FILLER = {
     "dict[str, float]": {"8": 1.0},
     "dict[str, dict[str, float]]": {"float32": {"8": 1.0}},
 }
-CANNED = EngineBenchResult(**{f.name: FILLER[str(f.type)] for f in fields(EngineBenchResult)})
+MODES = {"batch_invariant": 1.0, "fast": 1.0}
+CANNED = replace(
+    EngineBenchResult(**{f.name: FILLER[str(f.type)] for f in fields(EngineBenchResult)}),
+    engine_tok_s_by_determinism=MODES,
+    fp32_answer_match=MODES,
+)
 
 
 @pytest.fixture
@@ -50,7 +55,8 @@ def test_json_is_the_only_thing_on_stdout(seen: list[BenchOptions]) -> None:
     assert (
         figures["command"]
         == "penstock bench engine --json --quick --requests 4 --seed 7 --kv-fraction 0.25 --dtype float32"
-        " --weights auto --kv-dtype auto --attention auto --hf-dtype float32 --hf-dtype bfloat16"
+        " --weights auto --kv-dtype auto --attention auto --determinism batch_invariant"
+        " --hf-dtype float32 --hf-dtype bfloat16"
     )
 
 
@@ -58,7 +64,7 @@ def test_the_peer_dtypes_can_be_narrowed(seen: list[BenchOptions]) -> None:
     result = CliRunner().invoke(penstock(), ["bench", "engine", "--json", "--hf-dtype", "float32"])
     assert result.exit_code == 0, result.output
     assert seen[0].hf_dtypes == ("float32",)
-    assert json.loads(result.stdout)["command"].endswith("--attention auto --hf-dtype float32")
+    assert json.loads(result.stdout)["command"].endswith("--determinism batch_invariant --hf-dtype float32")
 
 
 def test_the_table_names_the_command_and_the_peer(seen: list[BenchOptions]) -> None:

@@ -34,3 +34,12 @@ def test_doctor_checks_a_reachable_external_database(tmp_path: Path, postgres_se
     result = penstock("doctor", env=penstock_env(tmp_path, DATABASE_URL=postgres_server))
     assert result.returncode == 0, result.stdout
     assert "pgvector available" in result.stdout
+
+
+def test_doctor_shows_where_each_deployments_kernels_come_from(tmp_path: Path) -> None:
+    config = tmp_path / "penstock.yaml"
+    config.write_text("deployments:\n  - name: steady\n  - name: quick\n    determinism: fast\n")
+    result = penstock("doctor", "--config", str(config), env=penstock_env(tmp_path))
+    text = " ".join(result.stdout.split())  # the table wraps long details
+    assert "steady: batch_invariant, fixed kernels" in text
+    assert "quick: fast, kernels not measured yet" in text

@@ -32,7 +32,7 @@ from penstock.types import Message, Prompt, SamplingParams
 
 TARGETS = CHAT_QUESTIONS[:20]
 OTHERS = CHAT_QUESTIONS[20:]  # 36 more, of other lengths
-NEW_TOKENS = 24
+NEW_TOKENS = 16
 KV_TOKENS = 8192  # the serving default's 32,768 is 1.5 GB of fp32 cache per engine
 
 Answer = tuple[tuple[int, ...], tuple[float, ...]]  # token ids, their log-probabilities
@@ -67,11 +67,12 @@ async def alone(engine: AsyncEngine, loaded: LoadedModel, params: SamplingParams
 
 
 async def in_a_crowd(engine: AsyncEngine, loaded: LoadedModel, params: SamplingParams) -> dict[str, Answer]:
-    """Every target at once beside the others, which ask for other lengths (8 to 40 tokens) and one of
-    which carries a long preamble, so the steps mix prefill chunks and decodes of many lengths."""
-    preambles = ["Please answer carefully. " * (i % 4) * 8 for i in range(len(OTHERS))]
+    """Every target at once beside the others, which ask for other lengths (8 to 23 tokens) and three
+    of four of which carry preambles of 20 to 60 tokens, so the steps mix prefill chunks and decodes of
+    many lengths (and every target has at least its 19 fellows beside it to the end)."""
+    preambles = ["Please answer carefully. " * (i % 4) * 4 for i in range(len(OTHERS))]
     others = [
-        answer(engine, prompt_of(loaded, q, preamble), SamplingParams(max_tokens=8 + i))
+        answer(engine, prompt_of(loaded, q, preamble), SamplingParams(max_tokens=8 + i % 16))
         for i, (q, preamble) in enumerate(zip(OTHERS, preambles, strict=True))
     ]
     targets = [answer(engine, prompt_of(loaded, q), params) for q in TARGETS]

@@ -33,10 +33,12 @@ enum { FORMAT_F32 = 0, FORMAT_Q4 = 1, FORMAT_Q8 = 2 };
  * nibble) and output i + 8 (high); q8: values (tiles, k, 16) int8. Both quantized formats: scales
  * and lows (tiles, k / group, 16) fp32, w = q·scale + low. */
 typedef struct {
-    int32_t format, n, k, group;
+    int32_t format, n, k, group; /* group: GROUP for the quantized formats (kernels/batch_invariant.py) */
     const void *values;
     const float *scales, *lows;
 } Weight;
+
+#define GROUP 32 /* inputs per scale; a constant, so finding a k's group is a shift, not a division */
 
 /* One layer's weights: the two norms' scales and the four fused projections. */
 typedef struct {
@@ -47,17 +49,19 @@ typedef struct {
 /* ---- dequantizing one k of one tile into 16 fp32 weights ---------------------------------------- */
 
 #ifdef __AVX2__
-static inline void dequant(const Weight *w, int64_t t, int kk, __m256 *w0, __m256 *w1) {
+/* `format` is a constant in every caller (the kernels are made once per format), so the branches fold. */
+static inline __attribute__((always_inline)) void dequant(const Weight *w, int format, int64_t t, int kk, __m256 *w0,
+                                                          __m256 *w1) {
     const int64_t at = t * w->k + kk;
-    if (w->format == FORMAT_F32) {
+    if (format == FORMAT_F32) {
         const float *v = (const float *)w->values + at * NR;
         *w0 = _mm256_loadu_ps(v);
         *w1 = _mm256_loadu_ps(v + 8);
         return;
     }
-    const int64_t g = (t * (w->k / w->group) + kk / w->group) * NR;
+    const int64_t g = (t * (w->k / GROUP) + kk / GROUP) * NR;
     __m256 q0, q1;
-    if (w->format == FORMAT_Q4) {
+    if (format == FORMAT_Q4) {
         const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)w->values + at * 8)));
         q0 = _mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(15)));
         q1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4));
@@ -77,7 +81,7 @@ static inline void dequant_scalar(const Weight *w, int64_t t, int kk, float out[
         memcpy(out, (const float *)w->values + at * NR, sizeof(float) * NR);
         return;
     }
-    const int64_t g = (t * (w->k / w->group) + kk / w->group) * NR;
+    const int64_t g = (t * (w->k / GROUP) + kk / GROUP) * NR;
     for (int i = 0; i < NR; i++) {
         float q;
         if (w->format == FORMAT_Q4) {
@@ -129,11 +133,21 @@ static inline void store_tile(float *y, int64_t ldy, int rows, const float *acc,
     }
 /* Few rows: each k dequantized as it goes, where a panel would not pay. */
 #define ROWS_PARAMS (const Weight *w, int64_t t, const float *x, int64_t ldx, float *y, int64_t ldy, int valid)
-#define ROWS_LOAD dequant(w, t, kk, &w0, &w1);
-DEFINE_TILE_ROWS(rows_1, 1, ROWS_PARAMS, ROWS_LOAD, w->k)
-DEFINE_TILE_ROWS(rows_2, 2, ROWS_PARAMS, ROWS_LOAD, w->k)
-DEFINE_TILE_ROWS(rows_3, 3, ROWS_PARAMS, ROWS_LOAD, w->k)
-DEFINE_TILE_ROWS(rows_4, 4, ROWS_PARAMS, ROWS_LOAD, w->k)
+#define ROWS_LOAD(FORMAT) dequant(w, FORMAT, t, kk, &w0, &w1);
+#define DEFINE_FEW_ROWS(FORMAT, SUFFIX)                                                                   \
+    DEFINE_TILE_ROWS(rows_1_##SUFFIX, 1, ROWS_PARAMS, ROWS_LOAD(FORMAT), w->k)                            \
+    DEFINE_TILE_ROWS(rows_2_##SUFFIX, 2, ROWS_PARAMS, ROWS_LOAD(FORMAT), w->k)                            \
+    DEFINE_TILE_ROWS(rows_3_##SUFFIX, 3, ROWS_PARAMS, ROWS_LOAD(FORMAT), w->k)                            \
+    DEFINE_TILE_ROWS(rows_4_##SUFFIX, 4, ROWS_PARAMS, ROWS_LOAD(FORMAT), w->k)
+DEFINE_FEW_ROWS(FORMAT_F32, f32)
+DEFINE_FEW_ROWS(FORMAT_Q4, q4)
+DEFINE_FEW_ROWS(FORMAT_Q8, q8)
+typedef void (*Rows)(const Weight *, int64_t, const float *, int64_t, float *, int64_t, int);
+static const Rows ROWS[3][5] = {
+    {NULL, rows_1_f32, rows_2_f32, rows_3_f32, rows_4_f32},
+    {NULL, rows_1_q4, rows_2_q4, rows_3_q4, rows_4_q4},
+    {NULL, rows_1_q8, rows_2_q8, rows_3_q8, rows_4_q8},
+};
 /* Many rows: against the tile's panel of fp32 weights (k × 16), dequantized once: the GEMM microkernel. */
 #define PANEL_PARAMS (const float *panel, int k, const float *x, int64_t ldx, float *y, int64_t ldy, int valid)
 #define PANEL_LOAD                                                                                        \
@@ -153,7 +167,7 @@ static const PanelRows PANEL_ROWS[7] = {NULL, panel_rows_1, panel_rows_2, panel_
 #define TILE_FMA(i)                                                                                       \
     {                                                                                                     \
         __m256 w0, w1;                                                                                    \
-        dequant(w, t + i, kk, &w0, &w1);                                                                  \
+        dequant(w, format, t + i, kk, &w0, &w1);                                                          \
         c##i##0 = _mm256_fmadd_ps(xr, w0, c##i##0);                                                      \
         c##i##1 = _mm256_fmadd_ps(xr, w1, c##i##1);                                                       \
     }
@@ -165,7 +179,8 @@ static const PanelRows PANEL_ROWS[7] = {NULL, panel_rows_1, panel_rows_2, panel_
         const int64_t first = (t + i) * NR;                                                               \
         store_tile(y + first, n, 1, out, n - first < NR ? (int)(n - first) : NR);                         \
     }
-static void row_4_tiles(const Weight *w, int64_t t, const float *x, float *y, int n) {
+static inline __attribute__((always_inline)) void row_4_tiles(const Weight *w, int format, int64_t t, const float *x,
+                                                              float *y, int n) {
     ACC_ZERO(0) ACC_ZERO(1) ACC_ZERO(2) ACC_ZERO(3)
     for (int kk = 0; kk < w->k; kk++) {
         const __m256 xr = _mm256_broadcast_ss(x + kk);
@@ -173,13 +188,31 @@ static void row_4_tiles(const Weight *w, int64_t t, const float *x, float *y, in
     }
     TILE_STORE(0) TILE_STORE(1) TILE_STORE(2) TILE_STORE(3)
 }
+static void row_4_tiles_f32(const Weight *w, int64_t t, const float *x, float *y, int n) {
+    row_4_tiles(w, FORMAT_F32, t, x, y, n);
+}
+static void row_4_tiles_q4(const Weight *w, int64_t t, const float *x, float *y, int n) {
+    row_4_tiles(w, FORMAT_Q4, t, x, y, n);
+}
+static void row_4_tiles_q8(const Weight *w, int64_t t, const float *x, float *y, int n) {
+    row_4_tiles(w, FORMAT_Q8, t, x, y, n);
+}
+static void (*const ROW_4_TILES[3])(const Weight *, int64_t, const float *, float *, int) = {
+    row_4_tiles_f32, row_4_tiles_q4, row_4_tiles_q8};
 
-static void fill_panel(const Weight *w, int64_t t, float *panel) {
+static inline __attribute__((always_inline)) void fill_panel_as(const Weight *w, int format, int64_t t, float *panel) {
     for (int kk = 0; kk < w->k; kk++) {
         __m256 w0, w1;
-        dequant(w, t, kk, &w0, &w1);
+        dequant(w, format, t, kk, &w0, &w1);
         _mm256_storeu_ps(panel + (int64_t)kk * NR, w0);
         _mm256_storeu_ps(panel + (int64_t)kk * NR + 8, w1);
+    }
+}
+static void fill_panel(const Weight *w, int64_t t, float *panel) {
+    switch (w->format) {
+    case FORMAT_Q4: fill_panel_as(w, FORMAT_Q4, t, panel); break;
+    case FORMAT_Q8: fill_panel_as(w, FORMAT_Q8, t, panel); break;
+    default: fill_panel_as(w, FORMAT_F32, t, panel); break;
     }
 }
 
@@ -188,14 +221,10 @@ static inline int valid_outputs(const Weight *w, int64_t t) { return w->n - t * 
 static void few_rows(const Weight *w, int64_t t, const float *x, int m, float *y) {
     const int64_t first = t * NR;
     const int valid = valid_outputs(w, t);
-    int r = 0;
-    for (; r + 4 <= m; r += 4) rows_4(w, t, x + (int64_t)r * w->k, w->k, y + (int64_t)r * w->n + first, w->n, valid);
-    const float *xr = x + (int64_t)r * w->k;
-    float *yr = y + (int64_t)r * w->n + first;
-    switch (m - r) {
-    case 3: rows_3(w, t, xr, w->k, yr, w->n, valid); break;
-    case 2: rows_2(w, t, xr, w->k, yr, w->n, valid); break;
-    case 1: rows_1(w, t, xr, w->k, yr, w->n, valid); break;
+    const Rows *rows = ROWS[w->format];
+    for (int r = 0; r < m; r += 4) {
+        const int mr = m - r < 4 ? m - r : 4;
+        rows[mr](w, t, x + (int64_t)r * w->k, w->k, y + (int64_t)r * w->n + first, w->n, valid);
     }
 }
 
@@ -237,7 +266,7 @@ int bi_linear(const Weight *w, const float *x, int m, float *y) {
     if (m == 1) {
         const int64_t quads = tiles / 4;
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < quads; i++) row_4_tiles(w, 4 * i, x, y, w->n);
+        for (int64_t i = 0; i < quads; i++) ROW_4_TILES[w->format](w, 4 * i, x, y, w->n);
         for (int64_t t = quads * 4; t < tiles; t++) few_rows(w, t, x, 1, y);
         return 0;
     }
