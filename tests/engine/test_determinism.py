@@ -8,8 +8,8 @@ gateway's framing of one engine stream; tests/cli/test_serve_determinism.py asks
 
 The same harness on `determinism: fast` measures how often its answers move with the batch; it must
 find the logits moving (that is what `fast` trades for speed), which also shows the harness can see it.
-Measured here (AVX2 EPYC, weights int4): token ids of 2 of 20 prompts differed in a crowd and 6 of 20
-with 16-token chunks; the log-probabilities of all 20 differed in both.
+Measured here (AVX2 EPYC, weights int4), over three runs: token ids of 2-3 of 20 prompts differed in a
+crowd and 3-6 of 20 with 16-token chunks; the log-probabilities of all 20 differed in both.
 """
 
 from __future__ import annotations
