@@ -94,13 +94,12 @@ class PagedAttention:
         kernel: AttentionKernel | None = None,
     ) -> PagedAttention:
         bs = cache.block_size
-        views, slots, tables, offset = [], [], [], 0
+        views, tables, offset = [], [], 0
         for s in slices:
             context = s.start + s.length
             table = list(s.block_table[: -(-context // bs)])
             blocks = torch.tensor(table, dtype=torch.long)
             positions = torch.arange(s.start, context)
-            slots.append(blocks[positions // bs] * bs + positions % bs)
             if kernel is not None:
                 tables.append((table, s.start, s.length))
             else:
@@ -108,7 +107,7 @@ class PagedAttention:
                 views.append(SeqView(slice(offset, offset + s.length), blocks.to(device), context, _to(mask, device)))
             offset += s.length
         queries = QueryRows.build(tables) if kernel is not None else None
-        return cls(cache, torch.cat(slots).to(device), tuple(views), kernel, queries)
+        return cls(cache, slot_mapping(slices, bs).to(device), tuple(views), kernel, queries)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (1, H, T, D), k and v (1, H_kv, T, D) for the step's flat tokens → (1, H, T, D)."""
@@ -137,6 +136,16 @@ class PagedAttention:
             attn_mask=view.mask,
             enable_gqa=True,
         )
+
+
+def slot_mapping(slices: Seq[SeqSlice], block_size: int) -> Tensor:
+    """(T,) int64: each new token's cache slot, block · block_size + offset, in step order."""
+    slots = []
+    for s in slices:
+        positions = torch.arange(s.start, s.start + s.length)
+        blocks = torch.tensor(list(s.block_table[: -(-(s.start + s.length) // block_size)]), dtype=torch.long)
+        slots.append(blocks[positions // block_size] * block_size + positions % block_size)
+    return torch.cat(slots)
 
 
 def _to(tensor: Tensor | None, device: torch.device | str) -> Tensor | None:

@@ -11,7 +11,6 @@ stay fp32 unless the cache is configured bf16.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,12 +21,13 @@ from torch import Tensor
 from penstock.engine.checkpoint import Grid
 from penstock.engine.kernels.native import QueryRows, native_library
 from penstock.engine.model import rope_tables
-from penstock.engine.paged_attention import PagedKVCache, SeqSlice, StepInput
+from penstock.engine.paged_attention import PagedKVCache, StepInput, slot_mapping
 
 if TYPE_CHECKING:  # the loader imports kernel_choice from this package
     from penstock.engine.loader import LoadedModel
 
 TILE = 16  # outputs per weight tile (csrc NR)
+GROUP = 32  # inputs per scale of a quantized tile (csrc GROUP, a constant there)
 FORMATS = {"f32": 0, 4: 1, 8: 2}
 
 
@@ -80,7 +80,7 @@ class PackedWeight:
     def pack(cls, weight: Tensor, grid: Grid | None = None) -> PackedWeight:
         """From the exact grid where there is one, else from the weight itself, as fp32."""
         n, k = weight.shape
-        if grid is None or k % grid.group:
+        if grid is None or grid.group != GROUP or k % GROUP:
             values = by_tile(weight.detach().float())
             return cls(WeightStruct(FORMATS["f32"], n, k, 1, values.data_ptr(), None, None), (values,))
         q = by_tile(grid.q)  # (tiles, k, 16)
@@ -190,13 +190,3 @@ class BatchInvariantForward:
         ):
             raise MemoryError("the batch-invariant matmul could not allocate its scratch memory")
         return out
-
-
-def slot_mapping(slices: Seq[SeqSlice], block_size: int) -> Tensor:
-    """(T,) int64: each new token's cache slot, block · block_size + offset, in step order."""
-    slots = []
-    for s in slices:
-        positions = torch.arange(s.start, s.start + s.length)
-        blocks = torch.tensor(list(s.block_table[: -(-(s.start + s.length) // block_size)]), dtype=torch.long)
-        slots.append(blocks[positions // block_size] * block_size + positions % block_size)
-    return torch.cat(slots)

@@ -28,7 +28,7 @@
 
 enum { FORMAT_F32 = 0, FORMAT_Q4 = 1, FORMAT_Q8 = 2 };
 
-/* A weight (n outputs × k inputs) in tiles of NR outputs; see kernels/packing.py.
+/* A weight (n outputs × k inputs) in tiles of NR outputs; packed by kernels/batch_invariant.py.
  * f32: values (tiles, k, 16) fp32. q4: values (tiles, k, 8) bytes, byte i holding output i (low
  * nibble) and output i + 8 (high); q8: values (tiles, k, 16) int8. Both quantized formats: scales
  * and lows (tiles, k / group, 16) fp32, w = q·scale + low. */
