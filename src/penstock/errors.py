@@ -15,7 +15,9 @@ PenstockError                      500 server_error
 ├── ClientDisconnected             499 client_disconnected (never sent: the client is gone; the ledger's status)
 ├── RateLimited                    429 rate_limit_error (+ Retry-After, x-ratelimit-*)
 │   └── QuotaExceeded              429 insufficient_quota / insufficient_quota
+├── UpstreamFailed                 502 server_error / upstream_error (an engine behind the router failed)
 ├── DependencyUnavailable          503 service_unavailable
+│   └── NoDeploymentAvailable      503 service_unavailable / no_deployment_available (+ Retry-After)
 └── DeadlineExceeded               504 timeout
 """
 
@@ -144,6 +146,32 @@ class QuotaExceeded(RateLimited):
 class DependencyUnavailable(PenstockError):
     status = 503
     type = "service_unavailable"
+
+
+class NoDeploymentAvailable(DependencyUnavailable):
+    """Every rung of the request's ladder was down, saturated or failed before its first token."""
+
+    default_code = "no_deployment_available"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class UpstreamFailed(PenstockError):
+    """A remote engine failed a call: `retryable` ones (it could not connect, answered 5xx or 429, timed out,
+    broke its stream before the first token) move the ladder on; the others are the same wherever sent."""
+
+    status = 502
+    default_code = "upstream_error"
+
+    def __init__(self, message: str, *, kind: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.kind = kind  # connect, timeout, status_503, protocol, ...: the route reason and the breaker's evidence
+        self.retryable = retryable
 
 
 class DeadlineExceeded(PenstockError):

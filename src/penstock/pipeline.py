@@ -1,22 +1,26 @@
-"""One request, start to end: route → build context → generate → post-process.
+"""One request, start to end: route → retrieve → build context → route → generate (the ladder) → post-process.
 
-Each stage takes the typed value the previous one returned; the timer wraps them from outside.
-Retrieval joins between routing and context building when collections are configured.
+Each stage takes the typed value the previous one returned; the timer wraps them from outside. The
+gateway admits the prepared request (limits, quotas) between `prepare` and `start`. Routing looks twice:
+first for whose tokenizer counts the prompt, then, with its length known, for the deployment and ladder.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Protocol
 
-from penstock.context.builder import ChatFormat, ContextBuilder
+from penstock.context.builder import ContextBuilder
 from penstock.errors import DependencyUnavailable, InvalidRequest
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.postprocess.tool_calls import ToolCallExtractor
+from penstock.router.deployments import Deployment
+from penstock.router.ladder import Fit, Ladder
 from penstock.router.router import Router
 from penstock.types import (
     ChatRequest,
@@ -24,28 +28,14 @@ from penstock.types import (
     Grammar,
     Principal,
     Prompt,
-    RequestPriority,
     Retrieval,
     RouteDecision,
-    SamplingParams,
     TokenEvent,
     Usage,
 )
 
 # A grammar compiles in milliseconds; one that takes longer than this is the client's to simplify.
 GRAMMAR_TIMEOUT_S = 5.0
-
-
-class Model(ChatFormat, Protocol):
-    """What the pipeline needs from a deployment."""
-
-    def check_grammar(self, grammar: Grammar) -> None:
-        """Raise InvalidRequest if the model cannot decode under this grammar (compiling it, cached)."""
-        ...
-
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, priority: RequestPriority
-    ) -> AsyncIterator[TokenEvent]: ...
 
 
 class Retrieve(Protocol):
@@ -56,32 +46,57 @@ class Retrieve(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
+    """A request ready to generate: `request` fitted to `prompt` (max_tokens, grammar), `asked` as it came."""
+
     request: ChatRequest
     decision: RouteDecision
     prompt: Prompt
     retrieval: Retrieval | None = None
+    asked: ChatRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """An answer under way. `served`: the request as the deployment that gives it was sent it (after a
+    fallback, another deployment and reason than prepared); `events`: its events, the first already in."""
+
+    served: Prepared
+    events: AsyncIterator[TokenEvent]
+    target: str = ""  # the replica (operators' logs only)
 
 
 class Pipeline:
     def __init__(
-        self, router: Router, builder: ContextBuilder, models: Mapping[str, Model], retriever: Retrieve | None = None
+        self,
+        router: Router,
+        builder: ContextBuilder,
+        deployments: Mapping[str, Deployment],
+        ladder: Ladder,
+        retriever: Retrieve | None = None,
     ) -> None:
         self._router = router
         self._builder = builder
-        self._models = models
+        self._deployments = deployments
+        self.ladder = ladder
         self._retriever = retriever
 
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
         """Everything that can reject the request runs here, before a byte of the answer is sent."""
         with timer.stage("route"):
-            decision = self._router.route(request)
+            counting = self._router.counting_deployment(request)
         retrieval = await self._retrieve(request, timer)
-        model = self._models[decision.deployment]
         with timer.stage("context"):
-            prompt, request = self._builder.build(request, model, retrieval)
-            if request.sampling.grammar is not None:  # only once the prompt is known to fit
-                await _compiled(model, request.sampling.grammar)
-        return Prepared(request, decision, prompt, retrieval)
+            prompt, fitted = self._builder.build(request, self._deployments[counting].codec, retrieval)
+        with timer.stage("route"):
+            decision = self._router.route(request, len(prompt.token_ids))
+        deployment = self._deployments[decision.deployment]
+        with timer.stage("context"):
+            if deployment.codec is not self._deployments[counting].codec:  # its own tokenizer and window
+                prompt, fitted = self._builder.build(request, deployment.codec, retrieval)
+            grammar = fitted.sampling.grammar
+            if grammar is not None and not (deployment.native_tools and fitted.calls_tools):
+                await _compiled(deployment, grammar)  # only once the prompt is known to fit
+        return Prepared(fitted, decision, prompt, retrieval, request)
 
     async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:
         options = request.retrieval
@@ -97,41 +112,62 @@ class Pipeline:
         timer.absorb("retrieval.", found.stage_intervals, found.stage_seconds)
         return found
 
-    async def generate(self, prepared: Prepared, timer: StageTimer) -> AsyncIterator[TokenEvent]:
+    async def start(self, prepared: Prepared, timer: StageTimer) -> Generation:
+        """The answer's first event in hand (the ladder tried what it had to); raises if none could begin."""
         if prepared.prompt.answer is not None:  # decided without the model: every choice says it
             timer.mark_first_token()
-            for index in range(prepared.request.sampling.n):
-                yield TokenEvent(prepared.prompt.answer, (), "stop", index=index)
-            return
-        model = self._models[prepared.decision.deployment]
-        request = prepared.request
-        tool_calls = ToolCallExtractor(request) if request.calls_tools else None
-        start = last = perf_counter()
-        async for event in model.generate(prepared.prompt, request.sampling, request.priority):
+            return Generation(prepared, _fixed(prepared.prompt.answer, prepared.request.sampling.n))
+        begun = perf_counter()
+        started = await self.ladder.start(prepared.decision, prepared.prompt, prepared.request, self._fitter(prepared))
+        served = replace(prepared, decision=started.decision, prompt=started.prompt, request=started.request)
+        tools = ToolCallExtractor(started.request) if started.request.calls_tools and not started.native_tools else None
+        return Generation(served, _timed(started.events, timer, begun, tools), started.target)
+
+    def _fitter(self, prepared: Prepared) -> Fit:
+        def fit(name: str) -> tuple[Prompt, ChatRequest] | None:
+            try:
+                return self._builder.build(
+                    prepared.asked or prepared.request, self._deployments[name].codec, prepared.retrieval
+                )
+            except InvalidRequest:  # the prompt does not fit this rung's window
+                return None
+
+        return fit
+
+    async def complete(self, generation: Generation, timer: StageTimer, events: list[TokenEvent]) -> Completion:
+        """The whole answer; `events` gathers its events as they come, for a caller that may cancel."""
+        async with aclosing(generation.events) as stream:
+            async for event in stream:
+                events.append(event)
+        with timer.stage("post"):
+            choices = collect_choices(events)
+        return Completion(choices, usage_of(generation.served.prompt, events), dict(timer.seconds))
+
+
+async def _timed(
+    events: AsyncIterator[TokenEvent], timer: StageTimer, begun: float, tools: ToolCallExtractor | None
+) -> AsyncIterator[TokenEvent]:
+    """The events with prefill (to the first) and decode (the rest) timed, tool calls read out of the text."""
+    last = begun
+    async with aclosing(events) as stream:
+        async for event in stream:
             now = perf_counter()
-            # The first event closes prefill (and the first token); everything after it is decode.
-            if last == start:
+            if last == begun:  # the first event closes prefill (and the first token)
                 timer.mark_first_token()
-            timer.add("decode" if last > start else "prefill", now - last)
-            if tool_calls is not None:
+            timer.add("decode" if last > begun else "prefill", now - last)
+            if tools is not None:
                 with timer.stage("post"):
-                    event = tool_calls.process(event)
+                    event = tools.process(event)
             last = perf_counter()
             yield event
 
-    async def complete(
-        self, prepared: Prepared, timer: StageTimer, events: list[TokenEvent] | None = None
-    ) -> Completion:
-        """The whole answer. `events`: where its events gather as they come, for a caller that may cancel."""
-        events = [] if events is None else events
-        async for event in self.generate(prepared, timer):
-            events.append(event)
-        with timer.stage("post"):
-            choices = collect_choices(events)
-        return Completion(choices, usage_of(prepared.prompt, events), dict(timer.seconds))
+
+async def _fixed(answer: str, n: int) -> AsyncIterator[TokenEvent]:
+    for index in range(n):
+        yield TokenEvent(answer, (), "stop", index=index)
 
 
-async def _compiled(model: Model, grammar: Grammar) -> None:
+async def _compiled(model: Deployment, grammar: Grammar) -> None:
     """The grammar compiled on a thread (a large schema compiles for a while), within GRAMMAR_TIMEOUT_S."""
     try:
         await asyncio.wait_for(asyncio.to_thread(model.check_grammar, grammar), GRAMMAR_TIMEOUT_S)
@@ -144,4 +180,6 @@ async def _compiled(model: Model, grammar: Grammar) -> None:
 
 
 def usage_of(prompt: Prompt, events: list[TokenEvent]) -> Usage:
-    return Usage(len(prompt.token_ids), sum(len(e.token_ids) for e in events))
+    """A remote engine's own count where it gave one (on its last event), else the tokens seen here."""
+    reported = next((e.usage for e in reversed(events) if e.usage is not None), None)
+    return reported or Usage(len(prompt.token_ids), sum(len(e.token_ids) for e in events))

@@ -130,9 +130,13 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
+    """Which deployment serves a request and why (`reason`: requested, rule:<name>, weight, overflow, or
+    fallback:<what failed>), with the rungs to fall back on, in order, should it fail before its first token."""
+
     deployment: str
-    model: str
+    model: str  # what the client asked for: a deployment's name or a route's
     reason: str
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,9 @@ class Prompt:
     passages: tuple[Passage, ...] = ()  # numbered [1]..[n] in the prompt, in this order
     flagged_lines: int = 0  # instruction-like lines defused in the passages (injection attempts)
     answer: str | None = None  # a reply decided without the model: retrieval found nothing to answer from
+    # The conversation with the passages quoted, before any tool text: what a remote engine, which renders
+    # its own template and tools, is sent (empty for a raw /v1/completions prompt).
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +237,7 @@ class TokenEvent:
     logprobs: tuple[TokenLogprob, ...] = ()
     index: int = 0  # which of the n choices
     tool_calls: tuple[ToolCall, ...] = ()  # on the last event, once post-processing found them
+    usage: Usage | None = None  # a remote engine's own count of the whole request, on its last event
 
 
 @dataclass(frozen=True, slots=True)

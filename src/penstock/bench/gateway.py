@@ -357,7 +357,7 @@ def _pair(redis_url: str | None, cpus: set[int] | None, *, observed_first: bool)
 @contextmanager
 def _gateway(redis_url: str | None, *, observed: bool = True, cpus: set[int] | None = None) -> Iterator[_Gateway]:
     """The gateway server in a child process, and a tenant key with limits far above the load."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
         command = [sys.executable, "-m", "penstock.bench.gateway_server", "--port", str(port), "--home", home]
         command += ["--redis-url", redis_url] if redis_url else []
@@ -403,7 +403,7 @@ def _bench_key(base: str) -> str:
     return str(created.json()["key"])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

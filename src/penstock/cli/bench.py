@@ -234,6 +234,45 @@ def gateway(
     typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")
 
 
+@app.command("failover")
+def failover(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    concurrency: int = typer.Option(6, min=1, help="Streaming clients, each asking again as soon as answered."),
+    duration: float = typer.Option(12.0, min=2.0, help="Seconds of load."),
+    kill_at: float = typer.Option(4.0, min=0.5, help="Seconds into the load when one worker is killed."),
+    max_tokens: int = typer.Option(24, min=1, help="Tokens per answer."),
+    recover: bool = typer.Option(False, help="Then restart the worker and time its breaker closing."),
+) -> None:
+    """Two `penstock worker`s behind the gateway, one killed under load: ejection time and what clients saw."""
+    from penstock.bench.failover import FailoverOptions, run_failover_bench
+
+    err_console.print("starting two workers and a gateway, then loading them and killing one…")
+    options = FailoverOptions(concurrency, duration, kill_at, max_tokens, recover=recover)
+    result = run_failover_bench(options)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title="penstock bench failover: 2 workers, one killed under load")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row("ejected after (s)", _maybe(result.ejected_after_s), "≤ 1")
+    table.add_row("failed before the first token", str(result.failed_before_first_token), "0")
+    table.add_row("streams cut after it (error event + [DONE])", str(result.streams_cut), "")
+    table.add_row("hung / ended without [DONE]", f"{result.hung} / {result.broken}", "0 / 0")
+    table.add_row("calls per worker before the kill", " / ".join(map(str, result.calls_per_replica)), "")
+    table.add_row("requests / ok", f"{result.requests} / {result.ok}", "")
+    table.add_row("time to first token p50 (ms)", f"{result.ttft_p50_ms:.0f}", "")
+    if recover:
+        table.add_row("breaker closed after the worker's restart (s)", _maybe(result.recovered_after_s), "")
+    Console().print(table)
+    typer.echo(f"command: {result.command}")
+
+
+def _maybe(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.2f}"
+
+
 @app.command("retrieval")
 def retrieval(
     json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),

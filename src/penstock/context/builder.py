@@ -42,16 +42,17 @@ class ContextBuilder:
         prompt carries a fixed answer instead and the model is not asked."""
         if retrieval is not None and retrieval.status != "ok":
             return Prompt("", (), answer=NOT_ENOUGH[retrieval.status]), request
-        selected = None
+        selected, conversation = None, ()
         if request.raw_prompt is not None:
             text, ids = request.raw_prompt, fmt.encode(request.raw_prompt)
         else:
-            messages = prompt_messages(request)
+            messages, conversation = prompt_messages(request), request.messages
             if retrieval is not None and request.retrieval is not None:
                 opts = request.retrieval
                 budget = PassageBudget(opts.max_context_tokens, opts.top_k, self._max_per_source)
                 selected = select(retrieval.passages, budget, lambda text: len(fmt.encode(text)))
                 messages = with_passages(messages, selected.blocks)
+                conversation = with_passages(conversation, selected.blocks)
             text, ids = fmt.encode_chat(messages)
         grammar = output_grammar(request)  # compiled by the pipeline, off the event loop
         token_ids = tuple(ids)
@@ -66,8 +67,8 @@ class ContextBuilder:
             )
         fitted = replace(request, sampling=replace(request.sampling, max_tokens=min(wanted, room), grammar=grammar))
         if selected is None:
-            return Prompt(text=text, token_ids=token_ids), fitted
-        return Prompt(text, token_ids, selected.passages, selected.flagged_lines), fitted
+            return Prompt(text=text, token_ids=token_ids, messages=conversation), fitted
+        return Prompt(text, token_ids, selected.passages, selected.flagged_lines, messages=conversation), fitted
 
 
 # The fallback ladder's last rung: no passages to answer from, so say so and ask, rather than guess.

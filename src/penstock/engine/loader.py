@@ -15,7 +15,7 @@ from penstock.engine.kernels.calibration import KernelMemory
 from penstock.engine.kernels.kernel_choice import DENSE_DTYPES, choose_weight_kernels
 from penstock.engine.kernels.quant import quantize_layers
 from penstock.engine.model import ModelArgs, Transformer, fuse_projections
-from penstock.engine.safetensors_loader import read_hf_folder
+from penstock.engine.safetensors_loader import hf_chat_template, hf_model_args, hf_tokenizer, read_hf_folder, read_json
 from penstock.engine.tokenizer import Tokenizer
 from penstock.errors import ConfigError
 
@@ -66,6 +66,18 @@ def load_chat_model(
             choose_weight_kernels(model, DENSE_DTYPES, memory)
     grids = fuse_projections(checkpoint.grids, checkpoint.args.n_layers, concat_grids)
     return LoadedModel(name, checkpoint.args, model, checkpoint.tokenizer, checkpoint.chat_template, grids)
+
+
+def read_prompt_side(path: Path) -> Checkpoint:
+    """A checkpoint's shape, tokenizer and chat template without its weights: what a deployment served
+    elsewhere counts its tokens with."""
+    if path.is_file() and path.suffix == ".gguf":
+        return read_gguf(path, weights=False)
+    if path.is_dir():
+        args = hf_model_args(read_json(path / "config.json"), path)
+        template = hf_chat_template(path)
+        return Checkpoint(args, {}, hf_tokenizer(path, template.source), template)
+    raise ConfigError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
 
 
 def build_transformer(checkpoint: Checkpoint, device: torch.device | str) -> Transformer:

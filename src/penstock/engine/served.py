@@ -18,7 +18,7 @@ from penstock.engine.kernels.kernel_choice import KV_DTYPES, AttentionChoice
 from penstock.engine.kernels.kernel_choice import choose_attention as choose_attention_by_timing
 from penstock.engine.kernels.native import load_attention_kernel
 from penstock.engine.llm_engine import EngineConfig
-from penstock.engine.loader import Quantize, load_chat_model
+from penstock.engine.loader import Quantize, load_chat_model, read_prompt_side
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.model import ModelArgs
 from penstock.engine.observer import EngineObserver
@@ -63,6 +63,10 @@ class ChatCodec:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
 
+    def with_window(self, context_window: int) -> ChatCodec:
+        """The same template and tokenizer, fitting prompts to another window (a remote server's own)."""
+        return ChatCodec(self._template, self._tokenizer, context_window, self._grammars)
+
     def check_grammar(self, grammar: Grammar) -> None:
         """Compile the grammar now (cached for generation), so an invalid one fails before admission."""
         self._grammars.compile(grammar)
@@ -81,6 +85,25 @@ class ServedModel(ChatCodec):
 
     def close(self) -> None:
         self.engine.close()
+
+
+def load_codecs(deployments: Iterable[DeploymentConfig]) -> dict[str, ChatCodec]:
+    """Remote deployments' prompt sides, by name: their model files' tokenizers and templates (no weights),
+    one codec per file, so deployments of one model count alike and share it."""
+    by_path: dict[Path, ChatCodec] = {}
+    codecs = {}
+    for deployment in deployments:
+        if deployment.backend == "engine":
+            continue
+        path = locate_chat_model(deployment.model_path)
+        if path not in by_path:
+            checkpoint = read_prompt_side(path)
+            by_path[path] = ChatCodec(checkpoint.chat_template, checkpoint.tokenizer, checkpoint.args.max_seq_len)
+        codec = by_path[path]
+        if deployment.context_window is not None and deployment.context_window != codec.context_window:
+            codec = codec.with_window(deployment.context_window)
+        codecs[deployment.name] = codec
+    return codecs
 
 
 def quantization(weights: str, path: Path, determinism: str = "fast") -> Quantize:
@@ -151,6 +174,8 @@ def load_served_models(
     """
     served = {}
     for deployment in deployments:
+        if deployment.backend != "engine":
+            continue
         path, dtype = locate_chat_model(deployment.model_path), DTYPES[deployment.dtype]
         memory = kernel_memory(deployment, path, home)
         configure = partial(engine_config, deployment, memory=memory)

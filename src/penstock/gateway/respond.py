@@ -1,9 +1,11 @@
 """Admit a prepared request, run it through the pipeline, answer in the client's shape, whole or streamed.
 
 Admission (rate limits, with prompt + max_tokens reserved) comes after the prompt is built, since
-the token count is known only then, and before any generation. Whatever happens next, the request
-is settled once: recorded (ledger, metrics, trace, log), and its unused tokens and in-flight slot given back.
-A client that leaves before its answer stops the generation, and is billed what was generated.
+the token count is known only then, and before any generation. The answer begins once its first event
+is in (the router's ladder may have tried several deployments for it), so its headers can say which
+deployment gives it and why. Whatever happens next, the request is settled once: recorded (ledger,
+metrics, trace, log), and its unused tokens and in-flight slot given back. A client that leaves before
+its answer stops the generation, and is billed what was generated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from penstock.gateway.shapes import Shape
 from penstock.gateway.streaming import event_stream
 from penstock.observability.timing import StageTimer
 from penstock.pipeline import Prepared, usage_of
-from penstock.types import TokenEvent
+from penstock.types import RouteDecision, TokenEvent
+
+ROUTE_HEADER = "x-penstock-route"
 
 
 async def respond(
@@ -38,32 +42,46 @@ async def respond(
         ticket = await svc.limiter.admit(
             prepared.request.caller, prepared.request.request_id, reserved_tokens(prepared)
         )
+    served, target = prepared, ""
 
-    def settle(status: str, completion_tokens: int, text: str = "") -> None:
-        svc.limiter.finish(ticket, len(prepared.prompt.token_ids) + completion_tokens)
-        svc.usage.answered(prepared, route, timer, status, completion_tokens, text)
+    def settle(status: str, events: list[TokenEvent]) -> None:
+        usage = usage_of(served.prompt, events)
+        svc.limiter.finish(ticket, usage.total_tokens)
+        text = "".join(e.text for e in events if e.index == 0)
+        svc.usage.answered(served, route, timer, status, usage, text, target)
 
-    if prepared.request.stream:
-
-        def on_done(status: str, events: list[TokenEvent]) -> None:
-            text = "".join(e.text for e in events if e.index == 0)
-            settle(status, usage_of(prepared.prompt, events).completion_tokens, text)
-
-        stream = event_stream(svc.pipeline, prepared, timer, shape, on_done, svc.draining)
-        headers = {**ticket.headers, "Cache-Control": "no-cache"}
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-    response.headers.update(ticket.headers)
     events: list[TokenEvent] = []
     try:
-        completion = await unless_disconnected(receive, svc.pipeline.complete(prepared, timer, events))
-    except PenstockError as exc:  # the engine's queue full, the client gone: what was generated is billed
-        settle(exc.code or exc.type, usage_of(prepared.prompt, events).completion_tokens)
+        generation = await unless_disconnected(receive, svc.pipeline.start(prepared, timer))
+    except PenstockError as exc:  # no deployment could begin, the client gone: nothing generated
+        settle(exc.code or exc.type, events)
         raise
     except BaseException:
-        settle("error", usage_of(prepared.prompt, events).completion_tokens)
+        settle("error", events)
         raise
-    settle("ok", completion.usage.completion_tokens, completion.choices[0].text if completion.choices else "")
+    served, target = generation.served, generation.target
+    headers = {**ticket.headers, ROUTE_HEADER: route_header(served.decision)}
+    if prepared.request.stream:
+        stream = event_stream(generation, timer, shape, settle, svc.draining)
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+        )
+    response.headers.update(headers)
+    try:
+        completion = await unless_disconnected(receive, svc.pipeline.complete(generation, timer, events))
+    except PenstockError as exc:  # the stream broken, the client gone: what was generated is billed
+        settle(exc.code or exc.type, events)
+        raise
+    except BaseException:
+        settle("error", events)
+        raise
+    settle("ok", events)
     return shape.body(completion)
+
+
+def route_header(decision: RouteDecision) -> str:
+    """Which deployment answered and why, e.g. `small; reason=rule:long-prompts,fallback:big:status_503`."""
+    return f"{decision.deployment}; reason={decision.reason}"
 
 
 def reserved_tokens(prepared: Prepared) -> int:

@@ -13,7 +13,7 @@ from penstock.errors import PenstockError
 from penstock.gateway.draining import Draining
 from penstock.gateway.shapes import Shape
 from penstock.observability.timing import StageTimer
-from penstock.pipeline import Pipeline, Prepared, usage_of
+from penstock.pipeline import Generation, usage_of
 from penstock.types import TokenEvent
 
 log = structlog.get_logger("penstock.gateway")
@@ -24,27 +24,29 @@ def sse(payload: str) -> bytes:
 
 
 async def event_stream(
-    pipeline: Pipeline,
-    prepared: Prepared,
+    generation: Generation,
     timer: StageTimer,
     shape: Shape,
     on_done: Callable[[str, list[TokenEvent]], None],
     draining: Draining,
 ) -> AsyncIterator[bytes]:
+    """The answer's events as SSE; after its first token a failure (an upstream's broken stream, the
+    shutdown grace run out) is an error event and `[DONE]`, never a hang or a silent end."""
     events: list[TokenEvent] = []
     status = "error"
+    served = generation.served
     try:
-        for chunk in shape.opening(prepared.request.sampling.n):
+        for chunk in shape.opening(served.request.sampling.n):
             yield sse(chunk.model_dump_json())
-        # aclosing: a stream cut short (shutdown, an error) aborts its generation at once.
-        async with aclosing(pipeline.generate(prepared, timer)) as generation:
-            async for event in generation:
+        # aclosing: a stream cut short (shutdown, an error, the client gone) aborts its generation at once.
+        async with aclosing(generation.events) as stream:
+            async for event in stream:
                 events.append(event)
                 for chunk in shape.chunks(event):
                     yield sse(chunk.model_dump_json())
                 draining.check()
-        if prepared.request.include_usage:
-            yield sse(shape.usage_chunk(usage_of(prepared.prompt, events)).model_dump_json())
+        if served.request.include_usage:
+            yield sse(shape.usage_chunk(usage_of(served.prompt, events)).model_dump_json())
         status = "ok"
     except (asyncio.CancelledError, GeneratorExit):  # the client went away: the stream is closed under us
         status = "client_disconnected"
@@ -54,6 +56,7 @@ async def event_stream(
         if not isinstance(exc, PenstockError):
             log.exception("stream_failed", error_type=type(exc).__name__)
             exc = PenstockError("internal server error")
+        status = exc.code or exc.type
         yield sse(json.dumps(exc.to_openai()))
     finally:
         on_done(status, events)

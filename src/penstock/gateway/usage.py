@@ -27,7 +27,7 @@ from penstock.observability.timing import StageTimer
 from penstock.observability.tracing import Tracing
 from penstock.pipeline import Prepared
 from penstock.store.ledger import LedgerRow
-from penstock.types import Caller, Retrieval
+from penstock.types import Caller, Retrieval, Usage
 
 RECENT = 10_000
 
@@ -74,11 +74,19 @@ class UsageRecorder:
             self._quotas.check(caller)
 
     def answered(
-        self, prepared: Prepared, route: str, timer: StageTimer, status: str, completion_tokens: int, text: str = ""
+        self,
+        prepared: Prepared,
+        route: str,
+        timer: StageTimer,
+        status: str,
+        usage: Usage,
+        text: str = "",
+        target: str = "",
     ) -> None:
-        """`text`: the first choice's answer, for the review sample."""
+        """`prepared` as the deployment that answered was sent it; `text`: the first choice's answer, for the
+        review sample; `target`: the replica that answered, for the log line."""
         request, deployment = prepared.request, prepared.decision.deployment
-        prompt_tokens = len(prepared.prompt.token_ids)
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         cost = self.cost(deployment, prompt_tokens, completion_tokens)
         if self._quotas is not None:
             self._quotas.add(request.caller.tenant, prompt_tokens + completion_tokens, cost)
@@ -105,6 +113,7 @@ class UsageRecorder:
             timer,
             retrieval,
             route_reason=prepared.decision.reason,
+            replica=target or None,
             retrieval_status=retrieval.status if retrieval else None,
             retrieval_degraded=list(retrieval.degraded) if retrieval else None,
             injection_flags=prepared.prompt.flagged_lines,

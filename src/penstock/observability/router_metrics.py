@@ -1,0 +1,55 @@
+"""The router's state as Prometheus series, read at scrape time from the objects that hold it: each remote
+replica's breaker, load and calls, the retry budget's refusals, and the decisions routes made, by reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from penstock.router.breaker import BreakerState
+from penstock.router.fleet import Fleet
+from penstock.router.ladder import Ladder
+from penstock.store.urls import mask_password
+
+STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class RouterCollector(Collector):
+    def __init__(self, fleet: Fleet, ladder: Ladder) -> None:
+        self._fleet = fleet
+        self._ladder = ladder
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["deployment", "replica"]
+        state = GaugeMetricFamily(
+            "penstock_upstream_breaker_state", "A replica's circuit: 0 closed, 1 half-open, 2 open", labels=labels
+        )
+        in_flight = GaugeMetricFamily("penstock_upstream_in_flight", "Requests in flight to a replica", labels=labels)
+        healthy = GaugeMetricFamily("penstock_upstream_healthy", "1 if the last health check passed", labels=labels)
+        calls = CounterMetricFamily("penstock_upstream_calls", "Calls sent to a replica", labels=labels)
+        failures = CounterMetricFamily("penstock_upstream_failures", "Calls a replica failed", labels=labels)
+        opened = CounterMetricFamily(
+            "penstock_upstream_breaker_opened", "Times a replica's circuit opened", labels=labels
+        )
+        for deployment in self._fleet.remote:
+            for replica in deployment.replicas.replicas:
+                at = [deployment.name, mask_password(replica.url)]
+                state.add_metric(at, STATE_VALUES[replica.breaker.state])
+                in_flight.add_metric(at, replica.in_flight)
+                healthy.add_metric(at, int(replica.healthy))
+                calls.add_metric(at, replica.calls)
+                failures.add_metric(at, replica.failures)
+                opened.add_metric(at, replica.breaker.opened)
+        decisions = CounterMetricFamily(
+            "penstock_route_decisions",
+            "Answers begun, by the model asked, the deployment that answered and why (requested, default,"
+            " rule:<name>, weight, overflow, fallback)",
+            labels=["model", "deployment", "reason"],
+        )
+        for (model, deployment, reason), count in self._ladder.decisions.items():
+            decisions.add_metric([model, deployment, reason], count)
+        refused = CounterMetricFamily("penstock_retries_refused", "Retries the retry budget did not allow")
+        refused.add_metric([], self._ladder.budget.refused)
+        yield from (state, in_flight, healthy, calls, failures, opened, decisions, refused)

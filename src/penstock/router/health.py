@@ -1,0 +1,58 @@
+"""Active health checks: each remote replica's base URL + the check's path, every `interval_s`. A
+failed check opens the replica's breaker at once (a dead replica is out of rotation within one
+interval, before any request finds it), a passing one lets that breaker probe again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import suppress
+
+import httpx
+import structlog
+
+from penstock.router.remote import RemoteDeployment
+from penstock.router.replicas import Replica
+
+log = structlog.get_logger("penstock.router")
+
+
+class HealthChecker:
+    def __init__(self, deployments: Sequence[RemoteDeployment], client: httpx.AsyncClient) -> None:
+        self._deployments = deployments
+        self._client = client
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch(d)) for d in self._deployments]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self, deployment: RemoteDeployment) -> None:
+        interval = deployment.config.health.interval_s
+        while True:
+            await asyncio.gather(*(self.check(deployment, r) for r in deployment.replicas.replicas))
+            await asyncio.sleep(interval)
+
+    async def check(self, deployment: RemoteDeployment, replica: Replica) -> bool:
+        health = deployment.config.health
+        try:
+            response = await self._client.get(
+                f"{replica.url}/{health.path.lstrip('/')}", headers=deployment.headers, timeout=health.timeout_s
+            )
+            ok = response.status_code < 500 and response.status_code not in (401, 403, 404)
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            replica.breaker.healthy()
+        elif replica.healthy:
+            log.warning("replica_unhealthy", deployment=deployment.name, replica=replica.url)
+        if not ok:
+            replica.breaker.trip(by_health=True)
+        replica.healthy = ok
+        return ok

@@ -1,0 +1,113 @@
+"""The fallback ladder: a request tries its deployment's targets, then each fallback rung's, until one
+yields a first token. A failure before that (no connection, a 5xx or 429, a first token too slow, a stream
+broken early) moves it on, after a jittered backoff, while the retry budget allows; once a first token is
+out, the answer belongs to that target, and a later failure ends the stream with an error event."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from penstock.config import RouterConfig
+from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, PenstockError, UpstreamFailed
+from penstock.router.deployments import Deployment
+from penstock.router.retry_budget import RetryBudget
+from penstock.types import ChatRequest, Prompt, RouteDecision, TokenEvent
+
+# A fallback rung's own prompt (its tokenizer and window may differ), or None where it does not fit.
+Fit = Callable[[str], tuple[Prompt, ChatRequest] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """An answer under way: who gives it and why, what it was sent, and its events from the first on."""
+
+    decision: RouteDecision
+    prompt: Prompt
+    request: ChatRequest
+    events: AsyncIterator[TokenEvent]
+    target: str  # the replica's URL, or in-process: for operators' logs, never for clients
+    native_tools: bool
+
+
+class Ladder:
+    def __init__(
+        self, deployments: Mapping[str, Deployment], config: RouterConfig, rng: random.Random | None = None
+    ) -> None:
+        self._deployments = deployments
+        self._config = config
+        self.budget = RetryBudget(config)
+        self._rng = rng or random.Random()
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # (model, deployment, reason kind): answers begun
+
+    async def start(self, decision: RouteDecision, prompt: Prompt, request: ChatRequest, fit: Fit) -> Started:
+        self.budget.request()
+        failures: list[str] = []
+        attempts = 0
+        for rung, name in enumerate((decision.deployment, *decision.fallbacks)):
+            deployment = self._deployments[name]
+            sent = (prompt, request) if rung == 0 else fit(name)
+            if sent is None:
+                failures.append(f"{name}:too_long")
+                continue
+            tried: set[str] = set()
+            while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
+                target, _how = choice
+                tried.add(target.name)
+                if attempts and not await self._may_retry(attempts):
+                    raise _exhausted(decision.model, [*failures, "retry_budget"])
+                attempts += 1
+                events = deployment.stream(target, *sent)
+                try:
+                    first = await anext(events)
+                except UpstreamFailed as exc:
+                    if not exc.retryable:
+                        raise
+                    failures.append(f"{name}:{exc.kind}")
+                    continue
+                served = RouteDecision(name, decision.model, _reason(decision.reason, failures), ())
+                self.decisions[decision.model, name, reason_kind(served.reason)] += 1
+                return Started(served, *sent, _from(first, events), target.name, deployment.native_tools)
+            if not tried:
+                failures.append(f"{name}:unavailable")
+        raise _exhausted(decision.model, failures)
+
+    async def _may_retry(self, attempts: int) -> bool:
+        if not self.budget.try_spend():
+            return False
+        ceiling = min(self._config.max_backoff_s, self._config.backoff_s * 2 ** (attempts - 1))
+        await asyncio.sleep(self._rng.uniform(0, ceiling))  # full jitter: retries do not arrive in step
+        return True
+
+
+def reason_kind(reason: str) -> str:
+    """A reason's kind, few enough for a metric label: the last thing that decided (fallback over overflow
+    over weight over the rule or default that began it)."""
+    for kind in ("fallback", "overflow", "weight"):
+        if f"{kind}:" in reason:
+            return kind
+    return reason.split(",", 1)[0]
+
+
+def _reason(chosen: str, failures: list[str]) -> str:
+    return f"{chosen},fallback:{'|'.join(failures)}" if failures else chosen
+
+
+def _exhausted(model: str, failures: list[str]) -> PenstockError:
+    what = ", ".join(failures) or "nothing to try"
+    if failures and all(f.endswith(":timeout") for f in failures):
+        return DeadlineExceeded(f"no deployment for '{model}' answered in time ({what})", code="upstream_timeout")
+    return NoDeploymentAvailable(f"no deployment for '{model}' could answer now ({what})")
+
+
+async def _from(first: TokenEvent, rest: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+    """The events again from the first, which the ladder already read; closing this closes the call."""
+    try:
+        yield first
+        async for event in rest:
+            yield event
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

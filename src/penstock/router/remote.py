@@ -1,0 +1,134 @@
+"""A deployment served by an OpenAI-compatible server's replicas: the request sent to one of them, its
+stream read back as TokenEvents within the deployment's timeouts, and each call's outcome given to that
+replica's breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from penstock.config import UpstreamConfig
+from penstock.engine.served import ChatCodec
+from penstock.errors import InvalidRequest, UpstreamFailed
+from penstock.router.replicas import Replica, ReplicaSet, affinity_key
+from penstock.router.upstream import StreamReader, error_detail, request_body, status_failure
+from penstock.types import ChatRequest, Grammar, Prompt, TokenEvent
+
+MAX_ERROR_BODY = 4096
+
+
+class RemoteDeployment:
+    """`codec`: the deployment's tokenizer and template, which count tokens and fit the context window
+    here (the upstream applies its own template to the messages it is sent)."""
+
+    native_tools = True  # the upstream renders tools and returns calls already parsed
+
+    def __init__(
+        self, name: str, config: UpstreamConfig, codec: ChatCodec, client: httpx.AsyncClient, api_key: str | None
+    ) -> None:
+        self.name = name
+        self.codec = codec
+        self.config = config
+        self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
+        self._client = client
+        self._model = config.model or name
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeouts = config.timeouts  # reads are timed by the stream itself (first token, between tokens, total)
+        self._timeout = httpx.Timeout(timeouts.connect_s, read=None, write=timeouts.connect_s, pool=timeouts.connect_s)
+
+    def in_flight(self) -> int:
+        return self.replicas.in_flight
+
+    def check_grammar(self, grammar: Grammar) -> None:
+        if grammar.kind != "json_schema":
+            raise InvalidRequest(
+                f"deployment {self.name} is remote: it takes JSON-schema output constraints, not {grammar.kind}",
+                param="response_format",
+            )
+
+    def choose(self, prompt: Prompt, tried: frozenset[str]) -> tuple[Replica, str] | None:
+        key = affinity_key(prompt.token_ids, self.config.affinity_tokens)
+        return self.replicas.pick(key, tried)
+
+    async def stream(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+        """The replica's answer; its breaker hears the outcome, its in-flight count covers the call."""
+        replica.in_flight += 1
+        replica.calls += 1
+        replica.breaker.begin()
+        started, verdict, first_token_s = time.monotonic(), "abandoned", 0.0
+        try:
+            async for event in self._call(replica, prompt, request):
+                if verdict == "abandoned":
+                    verdict = "streaming"
+                    first_token_s = time.monotonic() - started
+                yield event
+            verdict = "ok"
+        except UpstreamFailed:
+            verdict = "failed"
+            raise
+        finally:
+            replica.in_flight -= 1
+            if verdict == "ok":
+                replica.breaker.succeeded(first_token_s)
+            elif verdict == "failed":
+                replica.failures += 1
+                replica.breaker.failed()
+            else:  # the client left, or the request was refused as the client's mistake
+                replica.breaker.abandoned()
+
+    async def _call(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+        path, body = request_body(prompt, request, self._model)
+        timeouts = self.config.timeouts
+        reader = StreamReader(self.name, request.raw_prompt is None, self._count, len(prompt.token_ids))
+        deadline = asyncio.get_running_loop().time() + timeouts.total_s
+        try:
+            async with self._client.stream(
+                "POST", replica.url + path, json=body, headers=self.headers, timeout=self._timeout
+            ) as response:
+                if response.status_code != 200:
+                    raise status_failure(self.name, response.status_code, error_detail(await _head(response)))
+                lines = response.aiter_lines()
+                wait = timeouts.first_token_s
+                while not reader.done:
+                    line = await _next(lines, min(wait, deadline - asyncio.get_running_loop().time()))
+                    if line is None:
+                        break
+                    for event in reader.line(line):
+                        wait = timeouts.between_tokens_s
+                        yield event
+        except TimeoutError:
+            raise UpstreamFailed(f"deployment {self.name} did not answer in time", kind="timeout") from None
+        except httpx.ConnectError as exc:
+            raise UpstreamFailed(f"deployment {self.name} could not be reached: {exc}", kind="connect") from None
+        except httpx.TimeoutException:
+            raise UpstreamFailed(f"deployment {self.name} did not answer in time", kind="timeout") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(
+                f"deployment {self.name} broke the connection: {type(exc).__name__}", kind="dropped"
+            ) from None
+        for event in reader.finish(request.sampling.n):
+            yield event
+
+    def _count(self, text: str) -> int:
+        return len(self.codec.encode(text)) if text else 0
+
+
+async def _next(lines: AsyncIterator[str], timeout_s: float) -> str | None:
+    """The stream's next line within `timeout_s` (TimeoutError past it); None at its end."""
+    if timeout_s <= 0:
+        raise TimeoutError
+    async with asyncio.timeout(timeout_s):
+        return await anext(lines, None)
+
+
+async def _head(response: httpx.Response) -> bytes:
+    """The first few KB of an error body: enough to quote, never a large read."""
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= MAX_ERROR_BODY:
+            break
+    return data[:MAX_ERROR_BODY]

@@ -1,0 +1,216 @@
+"""The fallback ladder against upstreams that fail on purpose (tests/router/fault_upstream.py): what moves
+a request to the next rung, what ends a stream with an error event, and what the retry budget allows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from penstock.app import build_app
+from penstock.config import (
+    BreakerConfig,
+    DeploymentConfig,
+    HealthCheckConfig,
+    RouteConfig,
+    RouterConfig,
+    Settings,
+    UpstreamConfig,
+    UpstreamTimeouts,
+)
+from tests.router.fault_upstream import Upstream, running_upstream
+
+QUESTION = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16}
+FAST = UpstreamTimeouts(connect_s=1, first_token_s=0.5, between_tokens_s=0.5, total_s=10)
+SLOW_CHECKS = HealthCheckConfig(interval_s=30)  # these tests watch the breaker, not the health checks
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
+    with running_upstream() as primary, running_upstream() as backup:
+        yield primary, backup
+
+
+def remote(name: str, upstream: Upstream, breaker: BreakerConfig | None = None) -> DeploymentConfig:
+    config = UpstreamConfig(
+        urls=[upstream.url], model="fault", timeouts=FAST, health=SLOW_CHECKS, breaker=breaker or BreakerConfig()
+    )
+    return DeploymentConfig(name=name, backend="openai", upstream=config)
+
+
+async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(settings, {}, with_database=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(upstreams: tuple[Upstream, Upstream], tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    primary, backup = upstreams
+    settings = Settings(
+        home=tmp_path,
+        deployments=[remote("primary", primary), remote("backup", backup)],
+        routes=[RouteConfig(name="chat", ladder=["primary", "backup"])],
+        router=RouterConfig(backoff_s=0),
+    )
+    async for client in gateway(settings):
+        yield client
+
+
+async def ask(client: httpx.AsyncClient, model: str = "chat", **extra: object) -> httpx.Response:
+    return await client.post("/v1/chat/completions", json={"model": model, **QUESTION, **extra})
+
+
+def sse_payloads(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("fault", ["status_500", "status_429", "status_503", "slow_first", "malformed", "drop_first"])
+async def test_a_failure_before_the_first_token_moves_to_the_next_rung(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream], fault: str
+) -> None:
+    primary, backup = upstreams
+    # drop_first: the connection dropped before any token, so the ladder may still move on
+    primary.fault, primary.delay_s = ("drop_at_0" if fault == "drop_first" else fault), 2.0
+    for stream in (False, True):
+        response = await ask(client, stream=stream)
+        assert response.status_code == 200, response.text
+        route = response.headers["x-penstock-route"]
+        assert route.startswith("backup; reason=default,fallback:primary:"), route
+        text = response.text if stream else response.json()["choices"][0]["message"]["content"]
+        assert "Paris" in text
+    assert primary.calls == 2 and backup.calls == 2
+    kinds = {"slow_first": "timeout", "malformed": "protocol", "drop_first": "dropped"}
+    assert route.endswith(kinds.get(fault, fault)), route
+
+
+async def test_the_upstream_is_sent_the_conversation_and_its_usage_is_kept(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    response = await ask(client, temperature=0, seed=7)
+    body = response.json()
+    assert response.headers["x-penstock-route"] == "primary; reason=default"
+    assert body["model"] == "chat"
+    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}
+    sent = upstreams[0].bodies[-1]
+    assert sent["model"] == "fault" and sent["messages"] == QUESTION["messages"]
+    assert (sent["stream"], sent["temperature"], sent["seed"], sent["max_tokens"]) == (True, 0, 7, 16)
+
+
+@pytest.mark.parametrize("fault", ["wrong_usage", "no_usage"])
+async def test_missing_or_implausible_usage_is_counted_with_the_deployments_tokenizer(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream], fault: str
+) -> None:
+    upstreams[0].fault = fault
+    usage = (await ask(client)).json()["usage"]
+    assert 10 < usage["prompt_tokens"] < 60  # the SmolLM2 template around the question
+    assert 4 <= usage["completion_tokens"] <= 12  # "The capital of France is Paris." counted here
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_a_stream_cut_after_its_first_token_ends_with_an_error_event(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    primary, backup = upstreams
+    primary.fault = "drop_mid"
+    response = await ask(client, stream=True)
+    assert response.status_code == 200
+    payloads = sse_payloads(response.text)
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "upstream_error" and "broke the connection" in error["message"]
+    words = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in map(json.loads, payloads[:-2]) if c.get("choices")
+    )
+    assert words == "The capital of "  # what came before the cut, and nothing from another rung
+    assert backup.calls == 0
+    whole = await ask(client)  # not streamed: the same cut is a 502 in OpenAI's shape
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "upstream_error"
+
+
+async def test_a_client_mistake_is_not_retried_elsewhere(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    primary, backup = upstreams
+    primary.fault = "status_400"
+    response = await ask(client)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "upstream_refused"
+    assert backup.calls == 0
+
+
+async def test_every_rung_failing_is_a_503_with_retry_after(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    for upstream in upstreams:
+        upstream.fault = "status_500"
+    response = await ask(client)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    error = response.json()["error"]
+    assert error["code"] == "no_deployment_available"
+    assert "primary:status_500" in error["message"] and "backup:status_500" in error["message"]
+
+
+async def test_the_retry_budget_holds_under_a_failing_upstream(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path
+) -> None:
+    """Every call fails and no breaker opens: retries stay within 10% of requests (plus the window's two)."""
+    never_open = BreakerConfig(consecutive_failures=10_000, min_calls=10_000, window=10_000)
+    primary, backup = upstreams
+    primary.fault = backup.fault = "status_500"
+    settings = Settings(
+        home=tmp_path,
+        deployments=[remote("primary", primary, never_open), remote("backup", backup, never_open)],
+        routes=[RouteConfig(name="chat", ladder=["primary", "backup"])],
+        router=RouterConfig(backoff_s=0, retry_window_s=600),
+    )
+    requests = 200
+    async for client in gateway(settings):
+        statuses = [(await ask(client)).status_code for _ in range(requests)]
+    assert set(statuses) == {503}
+    extra = primary.calls + backup.calls - requests
+    assert 0 < extra <= 0.1 * requests + RouterConfig().min_retries
+
+
+async def test_the_breaker_opens_probes_and_closes(upstreams: tuple[Upstream, Upstream], tmp_path: Path) -> None:
+    primary, backup = upstreams
+    breaker = BreakerConfig(consecutive_failures=3, open_s=0.5)
+    settings = Settings(
+        home=tmp_path,
+        deployments=[remote("primary", primary, breaker), remote("backup", backup)],
+        routes=[RouteConfig(name="chat", ladder=["primary", "backup"])],
+        router=RouterConfig(backoff_s=0, min_retries=100),
+    )
+    async for client in gateway(settings):
+        primary.fault = "status_500"
+        for _ in range(3):
+            assert (await ask(client)).headers["x-penstock-route"].startswith("backup")
+        assert primary.calls == 3
+        opened = (await ask(client)).headers["x-penstock-route"]
+        assert opened.startswith("backup; reason=default,fallback:primary:unavailable")
+        assert primary.calls == 3  # open: not called at all
+        metrics = (await client.get("/metrics")).text
+        assert f'penstock_upstream_breaker_state{{deployment="primary",replica="{primary.url}"}} 2.0' in metrics
+        primary.fault = "none"
+        await _until_routed_to(client, "primary")  # after open_s, the probe succeeds and closes it
+        assert (await ask(client)).headers["x-penstock-route"] == "primary; reason=default"
+        metrics = (await client.get("/metrics")).text
+        assert f'penstock_upstream_breaker_state{{deployment="primary",replica="{primary.url}"}} 0.0' in metrics
+
+
+async def _until_routed_to(client: httpx.AsyncClient, deployment: str, timeout_s: float = 5) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if (await ask(client)).headers["x-penstock-route"].startswith(f"{deployment};"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never routed to {deployment}")
