@@ -19,7 +19,18 @@ from penstock import __version__
 from penstock.config import RetrievalConfig, Settings
 from penstock.context.builder import ContextBuilder
 from penstock.engine.served import ServedModel, load_served_models
-from penstock.gateway import admin, chat, collections, dashboard, embeddings, health, metrics, models, usage_api
+from penstock.gateway import (
+    admin,
+    admin_routing,
+    chat,
+    collections,
+    dashboard,
+    embeddings,
+    health,
+    metrics,
+    models,
+    usage_api,
+)
 from penstock.gateway.auth import Authenticator
 from penstock.gateway.draining import Draining
 from penstock.gateway.edge import EdgeMiddleware, HttpMetrics
@@ -52,6 +63,7 @@ from penstock.retrieval.query_cache import QueryEmbeddings
 from penstock.retrieval.reranker import MaxSimReranker
 from penstock.retrieval.retriever import Retriever, RetrieverConfig
 from penstock.retrieval.token_cache import TokenVectorCache
+from penstock.router.control import RouterControl
 from penstock.router.fleet import Fleet
 from penstock.router.ladder import Ladder
 from penstock.router.router import Router
@@ -62,6 +74,7 @@ from penstock.store.ledger import LedgerStore
 from penstock.store.ledger_spool import LedgerSpool
 from penstock.store.redis import connect_redis
 from penstock.store.review import ReviewStore
+from penstock.store.router_objects import RouterObjectStore
 from penstock.store.runtime import DatabaseRuntime
 
 log = structlog.get_logger("penstock.app")
@@ -99,7 +112,8 @@ def build_app(
             async with (
                 _state(settings, with_database) as state,
                 _limiter(settings, own_registry) as limiter,
-                Fleet.open(settings.deployments, loaded) as fleet,
+                Fleet.open(loaded) as fleet,
+                _router_control(settings, fleet, state) as control,
                 DashboardHistory((registry, own_registry), interval_s=observe.dashboard_interval_s) as history,
             ):
                 retrieval = _retrieval(settings.retrieval, state.documents, embedder, reranker, parser)
@@ -107,11 +121,12 @@ def build_app(
                 observers = _Observers(
                     (registry, own_registry), metrics, http_metrics, tracing, observe.request_logs, history
                 )
-                services = _services(settings, fleet, state, observers, limiter, embedder, draining, retrieval)
-                router_metrics = RouterCollector(fleet, services.pipeline.ladder)
-                own_registry.register(router_metrics)
+                services = _services(settings, fleet, control, state, observers, limiter, embedder, draining, retrieval)
+                own_registry.register(RouterCollector(fleet, services.pipeline.ladder))
                 app.state.services = services
-                log.info("ready", models=list(services.models), auth="master key" if settings.admin_key else "open")
+                log.info(
+                    "ready", models=list(control.router.models), auth="master key" if settings.admin_key else "open"
+                )
                 # What start-up built lives as long as the server: frozen, the collector's full passes no
                 # longer walk it. On this 2-core machine that cut a request's gateway CPU by 5-12%, most
                 # where observability allocates (bench gateway: its cost fell from 15% to 9% of CPU).
@@ -148,7 +163,7 @@ def build_app(
             ],
         )
     app.add_middleware(EdgeMiddleware, metrics=http_metrics, tracing=tracing)  # outermost
-    for module in (chat, embeddings, models, collections, usage_api, admin, health, metrics, dashboard):
+    for module in (chat, embeddings, models, collections, usage_api, admin, admin_routing, health, metrics, dashboard):
         app.include_router(module.router)
     return app
 
@@ -177,6 +192,7 @@ class _State:
     feedback: FeedbackStore | None = None
     review: ReviewSampler | None = None
     reviews: ReviewStore | None = None
+    router_objects: RouterObjectStore | None = None
 
 
 @asynccontextmanager
@@ -209,6 +225,7 @@ async def _state(settings: Settings, with_database: bool) -> AsyncIterator[_Stat
                 FeedbackStore(database),
                 review,
                 reviews,
+                RouterObjectStore(database),
             )
         finally:
             await review.stop()
@@ -236,9 +253,22 @@ async def _limiter(settings: Settings, registry: CollectorRegistry) -> AsyncIter
         await client.aclose()
 
 
+@asynccontextmanager
+async def _router_control(settings: Settings, fleet: Fleet, state: _State) -> AsyncIterator[RouterControl]:
+    """The router, its deployments and routes from the config file and the admin API's store, kept current."""
+    router = Router((), (), fleet.load)
+    control = RouterControl(settings.deployments, settings.routes, fleet, router, state.router_objects)
+    await control.start()
+    try:
+        yield control
+    finally:
+        await control.stop()
+
+
 def _services(
     settings: Settings,
     fleet: Fleet,
+    control: RouterControl,
     state: _State,
     observers: _Observers,
     limiter: RateLimiter,
@@ -246,23 +276,24 @@ def _services(
     draining: Draining,
     retrieval: RetrievalServices | None,
 ) -> Services:
-    router = Router(fleet.deployments, settings.routes, fleet.load)
     builder = ContextBuilder(settings.policy.default_max_tokens, settings.retrieval.max_per_source)
     ladder = Ladder(fleet.deployments, settings.router)
-    pipeline = Pipeline(router, builder, fleet.deployments, ladder, retrieval.retriever if retrieval else None)
+    retriever = retrieval.retriever if retrieval else None
+    pipeline = Pipeline(control.router, builder, fleet.deployments, ladder, retriever)
     return Services(
         auth=Authenticator(settings.admin_key, state.key_cache, settings.observability.metrics_token),
         policy=settings.policy,
         retrieval_defaults=settings.retrieval,
         pipeline=pipeline,
-        models=router.models,
+        router=control.router,
+        control=control if state.router_objects is not None else None,
         created=int(time.time()),
         checks=state.checks,
         registries=observers.registries,
         limiter=limiter,
         embedder=embedder,
         usage=UsageRecorder(
-            {d.name: d for d in settings.deployments},
+            control.configs,
             state.ledger,
             state.quotas,
             observers.requests,

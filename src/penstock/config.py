@@ -356,14 +356,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _routes_name_deployments(self) -> Settings:
-        deployments = {d.name for d in self.deployments}
-        routes = [r.name for r in self.routes]
-        if len(routes) != len(set(routes)) or deployments & set(routes):
-            raise ValueError(f"route names must be unique and differ from deployment names, got {routes}")
-        for route in self.routes:
-            unknown = sorted(route.deployments - deployments)
-            if unknown:
-                raise ValueError(f"route {route.name} names deployments that do not exist: {unknown}")
+        check_routes(self.deployments, self.routes)
         return self
 
     @classmethod
@@ -390,6 +383,18 @@ class Settings(BaseSettings):
         shown["database_url"] = self.database_url and mask_password(self.database_url)
         shown["redis_url"] = self.redis_url and mask_password(self.redis_url)
         return shown
+
+
+def check_routes(deployments: list[DeploymentConfig], routes: list[RouteConfig]) -> None:
+    """Names unique, and every deployment a route may send to exists (ValueError naming what does not)."""
+    names = {d.name for d in deployments}
+    route_names = [r.name for r in routes]
+    if len(route_names) != len(set(route_names)) or names & set(route_names):
+        raise ValueError(f"route names must be unique and differ from deployment names, got {route_names}")
+    for route in routes:
+        unknown = sorted(route.deployments - names)
+        if unknown:
+            raise ValueError(f"route {route.name} names deployments that do not exist: {unknown}")
 
 
 def load_settings(config_file: Path | None = None) -> Settings:

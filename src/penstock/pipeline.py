@@ -1,8 +1,9 @@
-"""One request, start to end: route → retrieve → build context → route → generate (the ladder) → post-process.
+"""One request, start to end: retrieve → build context → route → generate (the ladder) → post-process.
 
 Each stage takes the typed value the previous one returned; the timer wraps them from outside. The
-gateway admits the prepared request (limits, quotas) between `prepare` and `start`. Routing looks twice:
-first for whose tokenizer counts the prompt, then, with its length known, for the deployment and ladder.
+gateway admits the prepared request (limits, quotas) between `prepare` and `start`. The prompt is built
+with the tokenizer of the route's first deployment (a lookup that also refuses an unknown model), so the
+route's rules can read its length; a deployment with another tokenizer gets it built again.
 """
 
 from __future__ import annotations
@@ -82,20 +83,17 @@ class Pipeline:
 
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
         """Everything that can reject the request runs here, before a byte of the answer is sent."""
-        with timer.stage("route"):
-            counting = self._router.counting_deployment(request)
+        counting = self._deployments[self._router.counting_deployment(request)]  # a lookup: raises 404
         retrieval = await self._retrieve(request, timer)
         with timer.stage("context"):
-            prompt, fitted = self._builder.build(request, self._deployments[counting].codec, retrieval)
+            prompt, fitted = self._builder.build(request, counting.codec, retrieval)
+            await _checked_grammar(counting, fitted)  # only once the prompt is known to fit
         with timer.stage("route"):
             decision = self._router.route(request, len(prompt.token_ids))
-        deployment = self._deployments[decision.deployment]
-        with timer.stage("context"):
-            if deployment.codec is not self._deployments[counting].codec:  # its own tokenizer and window
+            deployment = self._deployments[decision.deployment]
+            if deployment is not counting:  # another tokenizer, window or grammar support: fitted again
                 prompt, fitted = self._builder.build(request, deployment.codec, retrieval)
-            grammar = fitted.sampling.grammar
-            if grammar is not None and not (deployment.native_tools and fitted.calls_tools):
-                await _compiled(deployment, grammar)  # only once the prompt is known to fit
+                await _checked_grammar(deployment, fitted)
         return Prepared(fitted, decision, prompt, retrieval, request)
 
     async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:
@@ -165,6 +163,13 @@ async def _timed(
 async def _fixed(answer: str, n: int) -> AsyncIterator[TokenEvent]:
     for index in range(n):
         yield TokenEvent(answer, (), "stop", index=index)
+
+
+async def _checked_grammar(deployment: Deployment, request: ChatRequest) -> None:
+    """The request's output grammar compiled for the deployment, unless it takes tools natively."""
+    grammar = request.sampling.grammar
+    if grammar is not None and not (deployment.native_tools and request.calls_tools):
+        await _compiled(deployment, grammar)
 
 
 async def _compiled(model: Deployment, grammar: Grammar) -> None:

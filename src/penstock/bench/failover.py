@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from penstock.bench.gateway import ENV_URLS, free_port, wait_ready
-from penstock.bench.workers import WorkerProcess, running_workers
+from penstock.bench.workers import WorkerProcess, running_gateway, running_workers
 from penstock.config import DEFAULT_MODEL_NAME
 
 ADMIN_KEY = "sk-bench-failover-0123456789"
@@ -77,7 +69,7 @@ def run_failover_bench(options: FailoverOptions) -> FailoverResult:
     with (
         running_workers(2) as workers,
         tempfile.TemporaryDirectory(prefix="penstock-failover-") as home,
-        _gateway(Path(home), workers) as base,
+        running_gateway(Path(home), gateway_config(workers), ADMIN_KEY) as base,
     ):
         return asyncio.run(_run(base, workers[1], options))
 
@@ -205,30 +197,6 @@ def gateway_config(workers: list[WorkerProcess]) -> dict[str, Any]:
         "deployments": [{"name": "workers", "backend": "openai", "upstream": upstream}],
         "routes": [{"name": ROUTE, "ladder": ["workers"]}],
     }
-
-
-@contextmanager
-def _gateway(home: Path, workers: list[WorkerProcess]) -> Iterator[str]:
-    """`penstock serve` (its own embedded Postgres, the ledger on) with gateway_config, as a user runs it."""
-    config = home / "gateway.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(workers)))
-    port, log = free_port(), home / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
-    env |= {"PENSTOCK_HOME": str(home), "PENSTOCK_ADMIN_KEY": ADMIN_KEY}
-    command = [sys.executable, "-m", "penstock.cli.main", "serve", "--port", str(port), "--config", str(config)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, process, log)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _command(options: FailoverOptions) -> str:

@@ -37,6 +37,9 @@ from penstock.bench.gateway_server import ADMIN_KEY, MODEL
 # The peer as the issue measured it on this machine class (LiteLLM proxy, master key, instant upstream).
 # It is not installed here, so it is quoted, not re-measured, and the JSON says so.
 PEER = {"name": "LiteLLM proxy (quoted)", "max_rps": 80.0, "overhead_p50_ms": 18.0}
+# With an OpenAI-compatible upstream over HTTP, as the router issue measured LiteLLM 1.106 here (one core
+# each, instant upstream).
+UPSTREAM_PEER = {"name": "LiteLLM proxy 1.106 (quoted)", "max_rps": 150.0, "overhead_p50_ms": 9.0}
 ENV_URLS = ("DATABASE_URL", "REDIS_URL")
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 1}
 
@@ -52,6 +55,9 @@ class GatewayBenchOptions:
     # two orders of the median of each pair's.
     observability_rounds: int = 6
     observability_round_s: float = 2.0
+    # none: the instant model in the gateway's process; openai: an instant OpenAI-compatible server over
+    # HTTP (bench/instant_upstream.py) behind a remote deployment, the added latency net of a direct call.
+    upstream: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +90,16 @@ class GatewayBenchResult:
     cpu_us_per_request_observed: float = 0.0
     cpu_us_per_request_unobserved: float = 0.0
     observability_cpu_cost_pct: float = 0.0
+    upstream: str = "none"
+    upstream_p50_ms: float = 0.0  # a direct call to the upstream, subtracted from the overhead figures
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
+    if options.upstream == "openai":
+        return run_upstream_bench(options)
     gateway_cpus, client_cpus = _split_cpus()
     # Of two gateways with the same code, loaded at once, the one started first ran about 1.2% slower
     # (ten runs of ten rounds, every one, whichever the load generator served first): the pair is
@@ -134,6 +144,62 @@ def run_gateway_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
         cpu_us_per_request_unobserved=round(unobserved.cpu_us, 1),
         observability_cpu_cost_pct=round(cost.cpu_pct, 2),
     )
+
+
+def run_upstream_bench(options: GatewayBenchOptions) -> GatewayBenchResult:
+    """The gateway on one core in front of the instant upstream (on the load generator's): the rate's
+    latency less a direct call's, and the closed-loop maximum."""
+    gateway_cpus, client_cpus = _split_cpus()
+    with _pinned(client_cpus), _instant_upstream() as upstream_port:
+        direct_request = _request_bytes(upstream_port, "none")
+        direct = asyncio.run(_open_loop(upstream_port, direct_request, options.rate, options.duration_s))
+        url = f"http://127.0.0.1:{upstream_port}/v1"
+        with _gateway(options.redis_url, cpus=gateway_cpus, upstream_url=url) as main:
+            latency = asyncio.run(_open_loop(main.port, main.request, options.rate, options.duration_s))
+            closed = asyncio.run(_closed_loop(main.port, main.request, options.connections, options.duration_s))
+    base = _percentiles(direct.latencies_s)[0]
+    p50, p90, p99 = (max(0.0, v - base) for v in _percentiles(latency.latencies_s))
+    max_rps = len(closed.latencies_s) / closed.wall_s
+    return GatewayBenchResult(
+        overhead_p50_ms=p50,
+        overhead_p90_ms=p90,
+        overhead_p99_ms=p99,
+        offered_rps=options.rate,
+        achieved_rps=len(latency.latencies_s) / latency.wall_s,
+        max_rps=max_rps,
+        max_rps_p50_ms=_percentiles(closed.latencies_s)[0],
+        errors=latency.errors + closed.errors + direct.errors,
+        requests=len(latency.latencies_s) + len(closed.latencies_s),
+        limiter="redis" if options.redis_url else "in process",
+        load_avg_1m=os.getloadavg()[0],
+        peer=UPSTREAM_PEER,
+        ratio_max_rps_vs_peer=max_rps / UPSTREAM_PEER["max_rps"],
+        ratio_p50_vs_peer=UPSTREAM_PEER["overhead_p50_ms"] / p50 if p50 else float("inf"),
+        load_generator=_load_generator(gateway_cpus, client_cpus) + "; the instant upstream beside it",
+        command=_command(options),
+        upstream="openai",
+        upstream_p50_ms=round(base, 3),
+    )
+
+
+@contextmanager
+def _instant_upstream() -> Iterator[int]:
+    port = free_port()
+    command = [sys.executable, "-m", "penstock.bench.instant_upstream", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the instant upstream did not start")
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.kill()
+        server.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,13 +421,16 @@ def _pair(redis_url: str | None, cpus: set[int] | None, *, observed_first: bool)
 
 
 @contextmanager
-def _gateway(redis_url: str | None, *, observed: bool = True, cpus: set[int] | None = None) -> Iterator[_Gateway]:
+def _gateway(
+    redis_url: str | None, *, observed: bool = True, cpus: set[int] | None = None, upstream_url: str | None = None
+) -> Iterator[_Gateway]:
     """The gateway server in a child process, and a tenant key with limits far above the load."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="penstock-bench-") as home:
         command = [sys.executable, "-m", "penstock.bench.gateway_server", "--port", str(port), "--home", home]
         command += ["--redis-url", redis_url] if redis_url else []
         command += [] if observed else ["--no-observability"]
+        command += ["--upstream-url", upstream_url] if upstream_url else []
         # Its own embedded Postgres and no inherited settings: the environment would override the flags.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
         with (Path(home) / "gateway.log").open("wb") as log:
@@ -419,4 +488,5 @@ def _percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
 def _command(options: GatewayBenchOptions) -> str:
     args = ["penstock", "bench", "gateway", "--json", "--rate", str(options.rate)]
     args += ["--duration", str(options.duration_s), "--connections", str(options.connections)]
+    args += ["--upstream", options.upstream] if options.upstream != "none" else []
     return " ".join(args + (["--redis-url", "<url>"] if options.redis_url else []))

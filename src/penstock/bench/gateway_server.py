@@ -19,7 +19,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from penstock.app import build_app
-from penstock.config import ObservabilityConfig, PolicyConfig, Settings
+from penstock.config import DeploymentConfig, ObservabilityConfig, PolicyConfig, Settings, UpstreamConfig
 from penstock.engine.gguf_loader import read_gguf
 from penstock.engine.locator import locate_chat_model
 from penstock.engine.served import ChatCodec
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument(
         "--no-observability", action="store_true", help="No request metrics, logs, traces or review samples."
     )
+    parser.add_argument("--upstream-url", default=None, help="Front this OpenAI-compatible server (its base URL).")
     args = parser.parse_args()
     configure_logging("info")  # the request log is part of the path being measured
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -69,9 +70,15 @@ def main() -> None:
         redis_url=args.redis_url,
         database_url=args.database_url,
         observability=_observability(not args.no_observability),
+        deployments=[_deployment(args.upstream_url)] if args.upstream_url else [DeploymentConfig(name=MODEL)],
     )
-    app = build_app(settings, {MODEL: InstantModel()})
+    app = build_app(settings, {} if args.upstream_url else {MODEL: InstantModel()})
     uvicorn.Server(server_config(app, settings)).run()  # as `penstock serve` runs it
+
+
+def _deployment(url: str) -> DeploymentConfig:
+    """The instant model served elsewhere: a remote deployment on one replica, as a user would configure it."""
+    return DeploymentConfig(name=MODEL, backend="openai", upstream=UpstreamConfig(urls=[url], model=MODEL))
 
 
 def _observability(on: bool) -> ObservabilityConfig:

@@ -11,16 +11,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from penstock.bench.gateway import ENV_URLS, free_port, wait_ready
 
 
 class WorkerProcess:
-    def __init__(self, home: Path, port: int | None = None, *, extra_env: dict[str, str] | None = None) -> None:
+    """`config`: the worker's YAML settings (its engine's cache size, say), else the defaults."""
+
+    def __init__(self, home: Path, port: int | None = None, *, config: dict[str, Any] | None = None) -> None:
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._extra_env = extra_env or {}
+        self._config = config
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -29,11 +34,13 @@ class WorkerProcess:
 
     def spawn(self) -> None:
         """Start it; `wait` returns once it serves."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
-        env |= {"PENSTOCK_HOME": str(self.home), **self._extra_env}
         command = [sys.executable, "-m", "penstock.cli.main", "worker", "--port", str(self.port)]
+        if self._config is not None:
+            path = self.home / "worker.yaml"
+            path.write_text(yaml.safe_dump(self._config))
+            command += ["--config", str(path)]
         with self.log.open("ab") as out:
-            self._process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(command, env=clean_env(self.home), stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
         assert self._process is not None
@@ -55,17 +62,46 @@ class WorkerProcess:
             self.kill()
 
 
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment without Penstock's settings (they would override the flags and config), homed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PENSTOCK_") and k not in ENV_URLS}
+    return env | {"PENSTOCK_HOME": str(home), **extra}
+
+
 @contextmanager
-def running_workers(count: int, **extra_env: str) -> Iterator[list[WorkerProcess]]:
+def running_workers(count: int, config: dict[str, Any] | None = None) -> Iterator[list[WorkerProcess]]:
     """`count` workers, started at once (each loads its model: they overlap) and ready."""
     with ExitStack() as stack:
         homes = [
             Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="penstock-worker-"))) for _ in range(count)
         ]
-        workers = [WorkerProcess(home, extra_env=extra_env) for home in homes]
+        workers = [WorkerProcess(home, config=config) for home in homes]
         for worker in workers:
             stack.callback(worker.stop)
             worker.spawn()
         for worker in workers:
             worker.wait()
         yield workers
+
+
+@contextmanager
+def running_gateway(home: Path, config: dict[str, Any], admin_key: str) -> Iterator[str]:
+    """`penstock serve` with `config` (its own embedded Postgres, the ledger on), as a user runs it; its URL."""
+    path = home / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port, log = free_port(), home / "gateway.log"
+    command = [sys.executable, "-m", "penstock.cli.main", "serve", "--port", str(port), "--config", str(path)]
+    with log.open("wb") as out:
+        env = clean_env(home, PENSTOCK_ADMIN_KEY=admin_key)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, process, log)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -193,12 +193,17 @@ def gateway(
     duration: float = typer.Option(10.0, min=1.0, help="Seconds per run."),
     connections: int = typer.Option(64, min=1, help="Connections in the closed-loop (max rps) run."),
     redis_url: str | None = typer.Option(None, help="Rate limits through this Redis (default: in process)."),
+    upstream: str = typer.Option(
+        "none", help="none: the instant model in process; openai: an instant OpenAI-compatible server over HTTP."
+    ),
 ) -> None:
     """The gateway's added latency (p50/p99 at a fixed rate) and highest sustained requests/s, instant model."""
     from penstock.bench.gateway import GatewayBenchOptions, run_gateway_bench
 
-    err_console.print("starting the gateway (embedded Postgres, instant model) and driving it…")
-    result = run_gateway_bench(GatewayBenchOptions(rate, duration, connections, redis_url))
+    if upstream not in ("none", "openai"):
+        raise typer.BadParameter("none or openai", param_hint="--upstream")
+    err_console.print(f"starting the gateway (embedded Postgres, instant model, upstream {upstream}) and driving it…")
+    result = run_gateway_bench(GatewayBenchOptions(rate, duration, connections, redis_url, upstream=upstream))
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -218,6 +223,11 @@ def gateway(
         f"{result.ratio_max_rps_vs_peer:.1f}x",
     )
     table.add_row("errors / requests", f"{result.errors} / {result.requests}", "", "")
+    if result.upstream != "none":
+        table.add_row("direct call to the upstream, p50 (ms; subtracted)", f"{result.upstream_p50_ms:.2f}", "", "")
+        Console().print(table)
+        typer.echo(f"command: {result.command}\nload generator: {result.load_generator}")
+        return
     table.add_row(
         "max req/s with / without observability",
         f"{result.max_rps_observed:.0f} / {result.max_rps_unobserved:.0f}",
@@ -265,6 +275,38 @@ def failover(
     table.add_row("time to first token p50 (ms)", f"{result.ttft_p50_ms:.0f}", "")
     if recover:
         table.add_row("breaker closed after the worker's restart (s)", _maybe(result.recovered_after_s), "")
+    Console().print(table)
+    typer.echo(f"command: {result.command}")
+
+
+@app.command("affinity")
+def affinity(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    documents: int = typer.Option(12, min=2, help="Documents quoted as system prompts."),
+    requests: int = typer.Option(96, min=4, help="Questions, each about one document, per mode."),
+    concurrency: int = typer.Option(2, min=1, help="Questions in flight at once."),
+    cache_tokens: int = typer.Option(2048, min=256, help="Each worker's KV cache, in tokens."),
+) -> None:
+    """Prefix-cache hit rate over two workers: prefix affinity against round-robin, same workload."""
+    from penstock.bench.affinity import AffinityOptions, run_affinity_bench
+
+    err_console.print("starting two workers and a gateway, then asking about shared documents both ways…")
+    result = run_affinity_bench(
+        AffinityOptions(documents, requests=requests, concurrency=concurrency, cache_tokens=cache_tokens)
+    )
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"penstock bench affinity: {result.documents} documents, {result.requests} requests a mode")
+    for column in ("measure", "prefix affinity", "round-robin", "ratio"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        "prefix-cache hit rate (workers' own counts)",
+        f"{result.hit_rate_affinity:.1%}",
+        f"{result.hit_rate_round_robin:.1%}",
+        f"{result.ratio:.2f}x",
+    )
+    table.add_row("errors", str(result.errors), "", "")
     Console().print(table)
     typer.echo(f"command: {result.command}")
 

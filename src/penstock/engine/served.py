@@ -87,23 +87,18 @@ class ServedModel(ChatCodec):
         self.engine.close()
 
 
-def load_codecs(deployments: Iterable[DeploymentConfig]) -> dict[str, ChatCodec]:
-    """Remote deployments' prompt sides, by name: their model files' tokenizers and templates (no weights),
-    one codec per file, so deployments of one model count alike and share it."""
-    by_path: dict[Path, ChatCodec] = {}
-    codecs = {}
-    for deployment in deployments:
-        if deployment.backend == "engine":
-            continue
-        path = locate_chat_model(deployment.model_path)
-        if path not in by_path:
-            checkpoint = read_prompt_side(path)
-            by_path[path] = ChatCodec(checkpoint.chat_template, checkpoint.tokenizer, checkpoint.args.max_seq_len)
-        codec = by_path[path]
-        if deployment.context_window is not None and deployment.context_window != codec.context_window:
-            codec = codec.with_window(deployment.context_window)
-        codecs[deployment.name] = codec
-    return codecs
+def prompt_codec(deployment: DeploymentConfig, read: dict[Path, ChatCodec] | None = None) -> ChatCodec:
+    """A remote deployment's prompt side: its model file's tokenizer and template (no weights), fitted to
+    its context window. `read`: codecs already read, by file, which deployments of one model share."""
+    read = {} if read is None else read
+    path = locate_chat_model(deployment.model_path)
+    if path not in read:
+        checkpoint = read_prompt_side(path)
+        read[path] = ChatCodec(checkpoint.chat_template, checkpoint.tokenizer, checkpoint.args.max_seq_len)
+    codec = read[path]
+    if deployment.context_window is not None and deployment.context_window != codec.context_window:
+        return codec.with_window(deployment.context_window)
+    return codec
 
 
 def quantization(weights: str, path: Path, determinism: str = "fast") -> Quantize:

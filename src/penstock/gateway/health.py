@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(svc: Services = Depends(services)) -> JSONResponse:
     names = list(svc.checks)
     results = await asyncio.gather(*(svc.checks[name]() for name in names))
-    checks = {"models": bool(svc.models), **dict(zip(names, results, strict=True))}
+    checks = {"models": bool(svc.router.models), **dict(zip(names, results, strict=True))}
     ready = all(checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503

@@ -20,6 +20,8 @@ from penstock.pipeline import Pipeline
 from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.retriever import Retriever
+from penstock.router.control import RouterControl
+from penstock.router.router import Router
 from penstock.store.documents import DocumentStore
 from penstock.store.feedback import FeedbackStore
 from penstock.store.keys import KeyStore
@@ -44,7 +46,7 @@ class Services:
     policy: PolicyConfig
     retrieval_defaults: RetrievalConfig
     pipeline: Pipeline
-    models: tuple[str, ...]
+    router: Router  # what clients may name: deployments and routes, as the control plane has them now
     created: int
     checks: dict[str, Check]  # readiness checks by name
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
@@ -60,6 +62,7 @@ class Services:
     reviews: ReviewStore | None = None  # the review sample, for admin keys
     dashboard: DashboardHistory | None = None  # the admin dashboard's recent charts
     http_metrics: HttpMetrics | None = None  # the edge's, None with metrics off
+    control: RouterControl | None = None  # deployments and routes changed at run time; None in an engine worker
 
 
 async def services(request: Request) -> Services:

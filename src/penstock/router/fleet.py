@@ -1,16 +1,23 @@
 """Every deployment the router may send a request to: the engines in this process and the remote
-servers' replicas, the one HTTP connection pool the remote ones share, and their health checks."""
+servers' replicas, the one HTTP connection pool the remote ones share, and their health checks.
+
+Remote deployments can change while serving (router/control.py applies the admin API's writes): the
+`deployments` mapping is live, shared by the pipeline and the ladder, and a changed deployment is a new
+object, so requests already under way finish on the one they started with.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 
 from penstock.config import DeploymentConfig
-from penstock.engine.served import load_codecs
+from penstock.engine.served import ChatCodec, prompt_codec
 from penstock.errors import ConfigError
 from penstock.router.deployments import Deployment, EngineDeployment, Model
 from penstock.router.health import HealthChecker
@@ -21,34 +28,55 @@ POOL = httpx.Limits(max_connections=4096, max_keepalive_connections=512, keepali
 
 
 class Fleet:
-    def __init__(self, deployments: Mapping[str, Deployment], remote: Iterable[RemoteDeployment]) -> None:
-        self.deployments = dict(deployments)
-        self.remote = tuple(remote)
+    def __init__(self, engines: Mapping[str, Model], client: httpx.AsyncClient) -> None:
+        self.deployments: dict[str, Deployment] = {n: EngineDeployment(n, m) for n, m in engines.items()}
+        self._client = client
+        self._checker = HealthChecker(client)
+        self._configs: dict[str, DeploymentConfig] = {}
+        self._codecs: dict[Path, ChatCodec] = {}
+
+    @property
+    def engines(self) -> set[str]:
+        """The deployments whose engine runs in this process."""
+        return {n for n, d in self.deployments.items() if isinstance(d, EngineDeployment)}
+
+    @property
+    def remote(self) -> tuple[RemoteDeployment, ...]:
+        return tuple(d for d in self.deployments.values() if isinstance(d, RemoteDeployment))
 
     def load(self, name: str) -> int:
         """A deployment's requests in flight (what a route's overflow marks compare with)."""
-        return self.deployments[name].in_flight()
+        deployment = self.deployments.get(name)
+        return deployment.in_flight() if deployment is not None else 0
+
+    async def apply(self, configs: Iterable[DeploymentConfig]) -> None:
+        """The remote deployments as `configs` have them: new ones made, changed ones remade, others dropped
+        (engine deployments are loaded at start and stay). Raises ConfigError for an unset upstream key."""
+        wanted = {c.name: c for c in configs if c.backend == "openai"}
+        changed = [c for name, c in wanted.items() if self._configs.get(name) != c]
+        keys = {c.name: _api_key(c) for c in changed}
+        codecs = await asyncio.to_thread(lambda: {c.name: prompt_codec(c, self._codecs) for c in changed})
+        for name in [d.name for d in self.remote if d.name not in wanted]:
+            self._checker.forget(name)
+            del self.deployments[name]
+        for config in changed:
+            upstream = config.upstream
+            assert upstream is not None  # backend openai has one (DeploymentConfig's validator)
+            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._client, keys[config.name])
+            self.deployments[config.name] = deployment
+            self._checker.watch(deployment)
+        self._configs = wanted
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, configs: Iterable[DeploymentConfig], engines: Mapping[str, Model]) -> AsyncIterator[Fleet]:
-        """`engines`: the models loaded in this process, by deployment name; `configs` add the remote ones."""
-        remote_configs = [c for c in configs if c.backend == "openai"]
-        keys = {c.name: _api_key(c) for c in remote_configs}
-        codecs = load_codecs(remote_configs)
+    async def open(cls, engines: Mapping[str, Model]) -> AsyncIterator[Fleet]:
+        """`engines`: the models loaded in this process, by deployment name; `apply` adds the remote ones."""
         async with httpx.AsyncClient(limits=POOL) as client:
-            remote = [
-                RemoteDeployment(c.name, c.upstream, codecs[c.name], client, keys[c.name])  # type: ignore[arg-type]
-                for c in remote_configs
-            ]
-            deployments: dict[str, Deployment] = {n: EngineDeployment(n, m) for n, m in engines.items()}
-            deployments |= {d.name: d for d in remote}
-            checker = HealthChecker(remote, client)
-            checker.start()
+            fleet = cls(engines, client)
             try:
-                yield cls(deployments, remote)
+                yield fleet
             finally:
-                await checker.stop()
+                await fleet._checker.stop()
 
 
 def _api_key(config: DeploymentConfig) -> str | None:

@@ -5,7 +5,6 @@ interval, before any request finds it), a passing one lets that breaker probe ag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from contextlib import suppress
 
 import httpx
@@ -18,18 +17,26 @@ log = structlog.get_logger("penstock.router")
 
 
 class HealthChecker:
-    def __init__(self, deployments: Sequence[RemoteDeployment], client: httpx.AsyncClient) -> None:
-        self._deployments = deployments
+    def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._watch(d)) for d in self._deployments]
+    def watch(self, deployment: RemoteDeployment) -> None:
+        """Check its replicas from now on (instead of the checks of any deployment of that name before)."""
+        self.forget(deployment.name)
+        self._tasks[deployment.name] = asyncio.create_task(self._watch(deployment))
+
+    def forget(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with suppress(asyncio.CancelledError):
                 await task
 

@@ -21,9 +21,14 @@ class Router:
         load: Callable[[str], int] = lambda _: 0,
         rng: random.Random | None = None,
     ) -> None:
-        self._deployments = tuple(deployments)
-        self._routes = {r.name: Route(r, rng) for r in routes}
+        self._rng = rng or random.Random()
         self._load = load
+        self.update(deployments, routes)
+
+    def update(self, deployments: Iterable[str], routes: Iterable[RouteConfig]) -> None:
+        """What clients may name from now on (the control plane's changes, applied at once)."""
+        self._deployments = tuple(deployments)
+        self._routes = {r.name: Route(r, self._rng) for r in routes}
 
     @property
     def models(self) -> tuple[str, ...]:
