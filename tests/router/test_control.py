@@ -64,6 +64,11 @@ async def test_a_route_written_on_one_replica_is_served_by_the_other_within_a_se
 ) -> None:
     a, b = replicas
     assert (await a.put("/admin/deployments/remote", json=deployment(upstream))).status_code == 200
+
+    async def b_knows_it() -> bool:  # a new deployment's first sight includes reading its tokenizer's file
+        return "remote" in [m["id"] for m in (await b.get("/v1/models")).json()["data"]]
+
+    await until(b_knows_it, timeout_s=10)
     route = {"name": "chat", "ladder": ["remote"]}
     assert (await a.put("/admin/routes/chat", json=route)).status_code == 200
     ask = {"model": "chat", **QUESTION}
@@ -77,7 +82,8 @@ async def test_a_route_written_on_one_replica_is_served_by_the_other_within_a_se
     assert "chat" in [m["id"] for m in (await b.get("/v1/models")).json()["data"]]
     assert [d["name"] for d in (await b.get("/admin/deployments")).json()["data"]] == ["remote"]
 
-    assert (await a.delete("/admin/routes/chat")).status_code == 204
+    deleted = await a.delete("/admin/routes/chat")
+    assert deleted.status_code == 204, deleted.text
 
     async def b_forgot() -> bool:
         return (await b.post("/v1/chat/completions", json=ask)).status_code == 404

@@ -7,8 +7,8 @@ from penstock.router.upstream import StreamReader, request_body
 from penstock.types import Caller, ChatRequest, Message, Prompt, SamplingParams, Tool, ToolCall, Usage
 
 
-def chunk(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}"
+def chunk(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload)}\n".encode()
 
 
 def reader() -> StreamReader:
@@ -25,7 +25,7 @@ def test_tool_calls_streamed_in_pieces_arrive_whole_on_the_last_event() -> None:
         assert stream.line(chunk({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]})) == []
     stream.line(chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
     stream.line(chunk({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 8}}))
-    stream.line("data: [DONE]")
+    stream.line(b"data: [DONE]\n")
     (last,) = stream.finish(1)
     assert last.tool_calls == (ToolCall("call_1", "weather", '{"city": "Paris"}'),)
     assert last.finish_reason == "tool_calls" and last.usage == Usage(12, 8)
@@ -39,7 +39,7 @@ def test_text_streams_at_once_and_an_early_end_is_a_protocol_failure() -> None:
         stream.finish(1)  # no [DONE], no finish_reason: the stream was cut
     assert info.value.kind == "protocol"
     with pytest.raises(UpstreamFailed):
-        reader().line("data: {broken")
+        reader().line(b"data: {broken\n")
     with pytest.raises(UpstreamFailed) as mid:
         reader().line(chunk({"error": {"message": "engine died"}}))
     assert mid.value.kind == "stream_error"

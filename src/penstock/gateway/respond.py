@@ -21,8 +21,8 @@ from penstock.gateway.services import Services
 from penstock.gateway.shapes import Shape
 from penstock.gateway.streaming import event_stream
 from penstock.observability.timing import StageTimer
-from penstock.pipeline import Prepared, usage_of
-from penstock.types import RouteDecision, TokenEvent
+from penstock.pipeline import Generation, Prepared, usage_of
+from penstock.types import Completion, RouteDecision, TokenEvent
 
 ROUTE_HEADER = "x-penstock-route"
 
@@ -42,39 +42,40 @@ async def respond(
         ticket = await svc.limiter.admit(
             prepared.request.caller, prepared.request.request_id, reserved_tokens(prepared)
         )
-    served, target = prepared, ""
+    served: list[Generation] = []  # the generation, once begun: who answers, and what it was sent
 
     def settle(status: str, events: list[TokenEvent]) -> None:
-        usage = usage_of(served.prompt, events)
+        answered = served[0].served if served else prepared
+        usage = usage_of(answered.prompt, events)
         svc.limiter.finish(ticket, usage.total_tokens)
         text = "".join(e.text for e in events if e.index == 0)
-        svc.usage.answered(served, route, timer, status, usage, text, target)
+        svc.usage.answered(answered, route, timer, status, usage, text, served[0].target if served else "")
+
+    async def begin() -> Generation:
+        served.append(await svc.pipeline.start(prepared, timer))
+        response.headers.update({**ticket.headers, ROUTE_HEADER: route_header(served[0].served.decision)})
+        return served[0]
+
+    async def whole() -> Completion:
+        return await svc.pipeline.complete(await begin(), timer, events)
 
     events: list[TokenEvent] = []
     try:
-        generation = await unless_disconnected(receive, svc.pipeline.start(prepared, timer))
-    except PenstockError as exc:  # no deployment could begin, the client gone: nothing generated
+        if prepared.request.stream:  # the headers wait for the first token: they name who gives it
+            generation = await unless_disconnected(receive, begin())
+        else:  # one watch over the connection for both halves (a task each would cost the busiest path)
+            completion = await unless_disconnected(receive, whole())
+    except PenstockError as exc:  # no rung could begin, the stream broke, the client left: what came is billed
         settle(exc.code or exc.type, events)
         raise
     except BaseException:
         settle("error", events)
         raise
-    served, target = generation.served, generation.target
-    headers = {**ticket.headers, ROUTE_HEADER: route_header(served.decision)}
     if prepared.request.stream:
         stream = event_stream(generation, timer, shape, settle, svc.draining)
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
-        )
-    response.headers.update(headers)
-    try:
-        completion = await unless_disconnected(receive, svc.pipeline.complete(generation, timer, events))
-    except PenstockError as exc:  # the stream broken, the client gone: what was generated is billed
-        settle(exc.code or exc.type, events)
-        raise
-    except BaseException:
-        settle("error", events)
-        raise
+        route_at = route_header(generation.served.decision)
+        headers = {**ticket.headers, ROUTE_HEADER: route_at, "Cache-Control": "no-cache"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     settle("ok", events)
     return shape.body(completion)
 

@@ -11,6 +11,7 @@ the config file only.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
@@ -48,6 +49,7 @@ class RouterControl:
         self._overlay: Overlay = {}
         self._last, self._loaded_at, self._full_reload_s = 0, 0.0, full_reload_s
         self._refresher = Refresher("router_config", self.refresh, poll_s)
+        self._refreshing = asyncio.Lock()
         # What each deployment is now, by name: the ledger's costs read it (live, replaced in place).
         self.configs: dict[str, DeploymentConfig] = {}
 
@@ -65,6 +67,10 @@ class RouterControl:
         await self._refresher.stop()
 
     async def refresh(self) -> None:
+        async with self._refreshing:  # the poller and a write's own refresh, one at a time
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         assert self._store is not None
         full = time.monotonic() - self._loaded_at >= self._full_reload_s
         rows, last = await self._store.changes(0 if full else self._last)

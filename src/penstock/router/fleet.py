@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from penstock.config import DeploymentConfig
 from penstock.engine.served import ChatCodec, prompt_codec
@@ -24,14 +24,15 @@ from penstock.router.health import HealthChecker
 from penstock.router.remote import RemoteDeployment
 
 # One pool for every upstream: enough connections for a busy gateway, kept alive between requests.
-POOL = httpx.Limits(max_connections=4096, max_keepalive_connections=512, keepalive_expiry=30)
+MAX_CONNECTIONS = 4096
+KEEPALIVE_S = 30.0
 
 
 class Fleet:
-    def __init__(self, engines: Mapping[str, Model], client: httpx.AsyncClient) -> None:
+    def __init__(self, engines: Mapping[str, Model], session: aiohttp.ClientSession) -> None:
         self.deployments: dict[str, Deployment] = {n: EngineDeployment(n, m) for n, m in engines.items()}
-        self._client = client
-        self._checker = HealthChecker(client)
+        self._session = session
+        self._checker = HealthChecker(session)
         self._configs: dict[str, DeploymentConfig] = {}
         self._codecs: dict[Path, ChatCodec] = {}
 
@@ -62,7 +63,7 @@ class Fleet:
         for config in changed:
             upstream = config.upstream
             assert upstream is not None  # backend openai has one (DeploymentConfig's validator)
-            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._client, keys[config.name])
+            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._session, keys[config.name])
             self.deployments[config.name] = deployment
             self._checker.watch(deployment)
         self._configs = wanted
@@ -71,8 +72,9 @@ class Fleet:
     @asynccontextmanager
     async def open(cls, engines: Mapping[str, Model]) -> AsyncIterator[Fleet]:
         """`engines`: the models loaded in this process, by deployment name; `apply` adds the remote ones."""
-        async with httpx.AsyncClient(limits=POOL) as client:
-            fleet = cls(engines, client)
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            fleet = cls(engines, session)
             try:
                 yield fleet
             finally:

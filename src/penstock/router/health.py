@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 
-import httpx
+import aiohttp
 import structlog
 
 from penstock.router.remote import RemoteDeployment
@@ -17,8 +17,8 @@ log = structlog.get_logger("penstock.router")
 
 
 class HealthChecker:
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def watch(self, deployment: RemoteDeployment) -> None:
@@ -48,12 +48,11 @@ class HealthChecker:
 
     async def check(self, deployment: RemoteDeployment, replica: Replica) -> bool:
         health = deployment.config.health
+        url, timeout = f"{replica.url}/{health.path.lstrip('/')}", aiohttp.ClientTimeout(total=health.timeout_s)
         try:
-            response = await self._client.get(
-                f"{replica.url}/{health.path.lstrip('/')}", headers=deployment.headers, timeout=health.timeout_s
-            )
-            ok = response.status_code < 500 and response.status_code not in (401, 403, 404)
-        except httpx.HTTPError:
+            async with self._session.get(url, headers=deployment.headers, timeout=timeout) as response:
+                ok = response.status < 500 and response.status not in (401, 403, 404)
+        except (aiohttp.ClientError, TimeoutError):
             ok = False
         if ok:
             replica.breaker.healthy()

@@ -8,7 +8,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
+import orjson
 
 from penstock.config import UpstreamConfig
 from penstock.engine.served import ChatCodec
@@ -27,17 +28,17 @@ class RemoteDeployment:
     native_tools = True  # the upstream renders tools and returns calls already parsed
 
     def __init__(
-        self, name: str, config: UpstreamConfig, codec: ChatCodec, client: httpx.AsyncClient, api_key: str | None
+        self, name: str, config: UpstreamConfig, codec: ChatCodec, session: aiohttp.ClientSession, api_key: str | None
     ) -> None:
         self.name = name
         self.codec = codec
         self.config = config
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
-        self._client = client
+        self._session = session
         self._model = config.model or name
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        timeouts = config.timeouts  # reads are timed by the stream itself (first token, between tokens, total)
-        self._timeout = httpx.Timeout(timeouts.connect_s, read=None, write=timeouts.connect_s, pool=timeouts.connect_s)
+        # Reads are timed by the stream itself (first token, between tokens, total); aiohttp times the connect.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeouts.connect_s)
 
     def in_flight(self) -> int:
         return self.replicas.in_flight
@@ -81,34 +82,33 @@ class RemoteDeployment:
 
     async def _call(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         path, body = request_body(prompt, request, self._model)
-        timeouts = self.config.timeouts
+        timeouts, loop = self.config.timeouts, asyncio.get_running_loop()
         reader = StreamReader(self.name, request.raw_prompt is None, self._count, len(prompt.token_ids))
-        deadline = asyncio.get_running_loop().time() + timeouts.total_s
+        deadline = loop.time() + timeouts.total_s
         try:
-            async with self._client.stream(
-                "POST", replica.url + path, json=body, headers=self.headers, timeout=self._timeout
+            async with self._session.post(
+                replica.url + path, data=orjson.dumps(body), headers=self.headers, timeout=self._timeout
             ) as response:
-                if response.status_code != 200:
-                    raise status_failure(self.name, response.status_code, error_detail(await _head(response)))
-                lines = response.aiter_lines()
+                if response.status != 200:
+                    detail = error_detail(await response.content.read(MAX_ERROR_BODY))
+                    raise status_failure(self.name, response.status, detail)
                 wait = timeouts.first_token_s
                 while not reader.done:
-                    line = await _next(lines, min(wait, deadline - asyncio.get_running_loop().time()))
-                    if line is None:
+                    line = await _next_line(response.content, min(wait, deadline - loop.time()))
+                    if not line:
                         break
                     for event in reader.line(line):
                         wait = timeouts.between_tokens_s
                         yield event
         except TimeoutError:
             raise UpstreamFailed(f"deployment {self.name} did not answer in time", kind="timeout") from None
-        except httpx.ConnectError as exc:
-            raise UpstreamFailed(f"deployment {self.name} could not be reached: {exc}", kind="connect") from None
-        except httpx.TimeoutException:
-            raise UpstreamFailed(f"deployment {self.name} did not answer in time", kind="timeout") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientConnectorError as exc:
             raise UpstreamFailed(
-                f"deployment {self.name} broke the connection: {type(exc).__name__}", kind="dropped"
+                f"deployment {self.name} could not be reached: {exc.strerror}", kind="connect"
             ) from None
+        except aiohttp.ClientError as exc:
+            what = type(exc).__name__
+            raise UpstreamFailed(f"deployment {self.name} broke the connection: {what}", kind="dropped") from None
         for event in reader.finish(request.sampling.n):
             yield event
 
@@ -116,19 +116,9 @@ class RemoteDeployment:
         return len(self.codec.encode(text)) if text else 0
 
 
-async def _next(lines: AsyncIterator[str], timeout_s: float) -> str | None:
-    """The stream's next line within `timeout_s` (TimeoutError past it); None at its end."""
+async def _next_line(content: aiohttp.StreamReader, timeout_s: float) -> bytes:
+    """The stream's next line within `timeout_s` (TimeoutError past it); b"" at its end."""
     if timeout_s <= 0:
         raise TimeoutError
     async with asyncio.timeout(timeout_s):
-        return await anext(lines, None)
-
-
-async def _head(response: httpx.Response) -> bytes:
-    """The first few KB of an error body: enough to quote, never a large read."""
-    data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= MAX_ERROR_BODY:
-            break
-    return data[:MAX_ERROR_BODY]
+        return await content.readline()

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from penstock.errors import InvalidRequest, UpstreamFailed
 from penstock.types import (
     ChatRequest,
@@ -129,17 +131,17 @@ class StreamReader:
         self._usage: Any = None
         self.done = False
 
-    def line(self, line: str) -> list[TokenEvent]:
-        if not line.startswith("data:"):
+    def line(self, line: bytes) -> list[TokenEvent]:
+        if not line.startswith(b"data:"):
             return []  # comments, event names, blank separators
         payload = line[5:].strip()
-        if payload == "[DONE]":
+        if payload == b"[DONE]":
             self.done = True
             return []
         try:
-            chunk = json.loads(payload)
+            chunk = orjson.loads(payload)
             return self._chunk(chunk)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # orjson's errors are ValueErrors
             raise self._protocol(f"an unreadable stream chunk ({type(exc).__name__})") from None
 
     def _chunk(self, chunk: dict[str, Any]) -> list[TokenEvent]:
