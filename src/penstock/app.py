@@ -67,6 +67,7 @@ from penstock.router.control import RouterControl
 from penstock.router.fleet import Fleet
 from penstock.router.ladder import Ladder
 from penstock.router.router import Router
+from penstock.router.shared_breakers import SharedBreakers
 from penstock.store.documents import DocumentStore
 from penstock.store.feedback import FeedbackStore
 from penstock.store.keys import KeyStore
@@ -255,13 +256,25 @@ async def _limiter(settings: Settings, registry: CollectorRegistry) -> AsyncIter
 
 @asynccontextmanager
 async def _router_control(settings: Settings, fleet: Fleet, state: _State) -> AsyncIterator[RouterControl]:
-    """The router, its deployments and routes from the config file and the admin API's store, kept current."""
+    """The router, its deployments and routes from the config file and the admin API's store, kept current,
+    and its breakers shared with the other gateway replicas through Redis when there is one."""
     router = Router((), (), fleet.load)
     control = RouterControl(settings.deployments, settings.routes, fleet, router, state.router_objects)
     await control.start()
+    redis = (
+        connect_redis(settings.redis_url, timeout_s=settings.rate_limits.redis_timeout_s)
+        if settings.redis_url
+        else None
+    )
+    shared = SharedBreakers(redis, fleet) if redis is not None else None
+    if shared is not None:
+        shared.start()
     try:
         yield control
     finally:
+        if shared is not None and redis is not None:
+            await shared.stop()
+            await redis.aclose()
         await control.stop()
 
 

@@ -49,6 +49,8 @@ def build(state: Upstream) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         state.calls += 1
+        if request.headers.get("content-type") != "application/json":  # as strict as a real server
+            return JSONResponse({"error": {"message": "send JSON", "type": "x"}}, status_code=415)
         state.bodies.append(await request.json())
         if state.fault.startswith("status_"):
             status = int(state.fault[-3:])

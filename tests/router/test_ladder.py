@@ -214,3 +214,40 @@ async def _until_routed_to(client: httpx.AsyncClient, deployment: str, timeout_s
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"never routed to {deployment}")
+
+
+async def test_a_circuit_one_gateway_opens_is_open_in_another_through_redis(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path, redis_url: str
+) -> None:
+    import asyncio
+
+    primary, backup = upstreams
+    breaker = BreakerConfig(consecutive_failures=2, open_s=30)
+
+    def settings(home: str) -> Settings:
+        return Settings(
+            home=tmp_path / home,
+            redis_url=redis_url,
+            deployments=[remote("primary", primary, breaker), remote("backup", backup)],
+            routes=[RouteConfig(name="chat", ladder=["primary", "backup"])],
+            router=RouterConfig(backoff_s=0, min_retries=100),
+        )
+
+    state = f'penstock_upstream_breaker_state{{deployment="primary",replica="{primary.url}"}}'
+    async for one in gateway(settings("one")):
+        async for other in gateway(settings("other")):
+            primary.fault = "status_500"
+            for _ in range(2):
+                await ask(one)
+            assert f"{state} 2.0" in (await one.get("/metrics")).text
+            calls = primary.calls
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 1.0
+            while f"{state} 2.0" not in (await other.get("/metrics")).text:
+                assert loop.time() < deadline, "the other gateway's circuit did not open within a second"
+                await asyncio.sleep(0.02)
+            response = await ask(other)
+            assert response.headers["x-penstock-route"].startswith(
+                "backup; reason=default,fallback:primary:unavailable"
+            )
+            assert primary.calls == calls  # the other gateway never called the failing replica

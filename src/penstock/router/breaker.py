@@ -33,6 +33,7 @@ class CircuitBreaker:
         self._probing = False
         self._by_health = False  # opened by a failed health check, which a passing one may undo
         self.opened = 0  # times it opened, for metrics and tests
+        self.changed_at = 0.0  # wall-clock time it last opened or closed: what other replicas' evidence must beat
 
     @property
     def state(self) -> BreakerState:
@@ -75,6 +76,7 @@ class CircuitBreaker:
         if self._state is not BreakerState.OPEN:
             self.opened += 1
             self._by_health = by_health
+            self.changed_at = time.time()
         self._state, self._opened_at, self._probing = BreakerState.OPEN, self._clock(), False
         self._calls.clear()
         self._consecutive = 0
@@ -87,6 +89,7 @@ class CircuitBreaker:
 
     def _close(self) -> None:
         self._state, self._consecutive, self._by_health = BreakerState.CLOSED, 0, False
+        self.changed_at = time.time()
         self._calls.clear()
 
     def _record(self, *, failed: bool, slow: bool) -> None:

@@ -37,6 +37,7 @@ class RemoteDeployment:
         self._session = session
         self._model = config.model or name
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._post_headers = {**self.headers, "Content-Type": "application/json"}
         # Reads are timed by the stream itself (first token, between tokens, total); aiohttp times the connect.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeouts.connect_s)
 
@@ -87,7 +88,7 @@ class RemoteDeployment:
         deadline = loop.time() + timeouts.total_s
         try:
             async with self._session.post(
-                replica.url + path, data=orjson.dumps(body), headers=self.headers, timeout=self._timeout
+                replica.url + path, data=orjson.dumps(body), headers=self._post_headers, timeout=self._timeout
             ) as response:
                 if response.status != 200:
                     detail = error_detail(await response.content.read(MAX_ERROR_BODY))
