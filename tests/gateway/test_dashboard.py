@@ -24,13 +24,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from penstock.app import build_app
-from penstock.config import DeploymentConfig, ObservabilityConfig, Settings
+from penstock.config import DeploymentConfig, ObservabilityConfig, Settings, UpstreamConfig
 from penstock.engine.served import ServedModel
 from penstock.observability.dashboard import CHARTS
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key
 from tests.helpers import free_port
+from tests.router.fault_upstream import running_upstream
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 3, "temperature": 0}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -38,13 +39,16 @@ CHART_NAMES = {chart.name for chart in CHARTS}
 GRAFANA = Path(__file__).parents[2] / "deploy" / "grafana" / "penstock.json"
 
 
-def priced(home: Path, database_url: str, interval_s: float) -> Settings:
-    """Settings as the conftest's, with prices, so that cost per tenant has something to chart, and
-    a short dashboard interval, so that the charts fill quickly."""
-    deployment = DeploymentConfig(name=MODEL, input_cost_per_1k=0.5, output_cost_per_1k=1.5)
+def priced(home: Path, database_url: str, interval_s: float, upstream: str | None = None) -> Settings:
+    """Settings as the conftest's, with prices, so that cost per tenant has something to chart, a short
+    dashboard interval, so that the charts fill quickly, and a remote deployment on `upstream` if given,
+    so that the upstream replicas' charts have one."""
+    deployments = [DeploymentConfig(name=MODEL, input_cost_per_1k=0.5, output_cost_per_1k=1.5)]
+    if upstream is not None:
+        deployments.append(DeploymentConfig(name="remote", backend="openai", upstream=UpstreamConfig(urls=[upstream])))
     observability = ObservabilityConfig(dashboard_interval_s=interval_s)
     return Settings(
-        home=home, admin_key=ADMIN_KEY, database_url=database_url, deployments=[deployment], observability=observability
+        home=home, admin_key=ADMIN_KEY, database_url=database_url, deployments=deployments, observability=observability
     )
 
 
@@ -158,7 +162,16 @@ async def test_the_page_draws_every_chart_in_a_headless_browser(
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is not installed: run `make chromium` (a step of `make test`)")
-    app = build_app(priced(tmp_path, database_url, 0.2), served, registry)
+    with running_upstream() as upstream:
+        parser = await _draw(priced(tmp_path, database_url, 0.2, upstream.url), served, registry, chromium, tmp_path)
+    assert set(parser.points) == CHART_NAMES
+    assert all(points > 0 for points in parser.points.values()), parser.points
+
+
+async def _draw(
+    settings: Settings, served: dict[str, ServedModel], registry: CollectorRegistry, chromium: str, tmp_path: Path
+) -> ChartPoints:
+    app = build_app(settings, served, registry)
     async with serving(app) as url:
         async with httpx.AsyncClient(base_url=url, headers=ADMIN, timeout=60) as http:
             for body in (CHAT, CHAT, {**CHAT, "model": "no-such-model"}):
@@ -168,8 +181,7 @@ async def test_the_page_draws_every_chart_in_a_headless_browser(
         dom = await asyncio.to_thread(dump_dom, chromium, f"{url}/dashboard#key={ADMIN_KEY}", tmp_path / "chromium")
     parser = ChartPoints()
     parser.feed(dom)
-    assert set(parser.points) == CHART_NAMES, dom[-3000:]
-    assert all(points > 0 for points in parser.points.values()), parser.points
+    return parser
 
 
 # --- The Grafana dashboard ----------------------------------------------------------------------

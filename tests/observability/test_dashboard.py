@@ -11,12 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from penstock.observability.dashboard import (
+    BREAKERS,
     COST,
     KV_USAGE,
     REQUESTS,
     RUNNING,
     STAGE_BUCKETS,
     TOKENS,
+    UPSTREAM_IN_FLIGHT,
     WAITING,
     DashboardHistory,
     Snapshot,
@@ -137,6 +139,14 @@ def test_gauges_and_cost_are_read_as_they_are() -> None:
     assert found["cost"] == {"acme": [2.0]}  # cumulative, whichever deployment served it
     assert found["kv_cache"] == {"stable": [0.25]}
     assert found["queue"] == {"stable waiting": [3.0], "stable running": [2.0]}
+
+
+def test_each_upstream_replicas_circuit_and_load_are_charted() -> None:
+    replica = {"deployment": "workers", "replica": "http://10.0.0.5:8001/v1"}
+    first = snapshot(0, (BREAKERS, replica, 0), (UPSTREAM_IN_FLIGHT, replica, 3))
+    found = charts(first, snapshot(1, (BREAKERS, replica, 2), (UPSTREAM_IN_FLIGHT, replica, 0)))
+    assert found["breakers"] == {"workers http://10.0.0.5:8001/v1": [2.0]}  # open
+    assert found["upstream_in_flight"] == {"workers http://10.0.0.5:8001/v1": [0.0]}
 
 
 def test_output_tokens_count_only_the_generated_ones() -> None:

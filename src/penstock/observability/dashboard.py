@@ -27,7 +27,11 @@ COST = "penstock_cost_total"
 KV_USAGE = "penstock_kv_cache_usage_ratio"
 WAITING = "penstock_engine_waiting_sequences"
 RUNNING = "penstock_engine_running_sequences"
-CHARTED = frozenset({REQUESTS, HTTP_RESPONSES, STAGE_BUCKETS, TOKENS, COST, KV_USAGE, WAITING, RUNNING})
+BREAKERS = "penstock_upstream_breaker_state"
+UPSTREAM_IN_FLIGHT = "penstock_upstream_in_flight"
+CHARTED = frozenset(
+    {REQUESTS, HTTP_RESPONSES, STAGE_BUCKETS, TOKENS, COST, KV_USAGE, WAITING, RUNNING, BREAKERS, UPSTREAM_IN_FLIGHT}
+)
 
 Labels = frozenset[tuple[str, str]]
 Keep = Callable[[Mapping[str, str]], bool]  # which series of a metric count
@@ -173,6 +177,18 @@ CHARTS = (
     Chart("deployments", "Requests per deployment", "req/s", _per_deployment),
     Chart("kv_cache", "KV cache usage", "ratio", lambda w: w.latest(KV_USAGE, ("deployment",))),
     Chart("queue", "Queue depth", "sequences", _queue),
+    Chart(
+        "breakers",
+        "Upstream replicas' circuits: 0 closed, 1 half-open, 2 open",
+        "state",
+        lambda w: w.latest(BREAKERS, ("deployment", "replica")),
+    ),
+    Chart(
+        "upstream_in_flight",
+        "Requests in flight per upstream replica",
+        "requests",
+        lambda w: w.latest(UPSTREAM_IN_FLIGHT, ("deployment", "replica")),
+    ),
 )
 
 
