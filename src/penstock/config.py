@@ -101,6 +101,10 @@ class UpstreamConfig(BaseModel):
     # load is within `balance_bound` x the mean (consistent hashing with bounded load); 0 turns it off.
     affinity_tokens: int = Field(default=256, ge=0)
     balance_bound: float = Field(default=1.25, ge=1)
+    # native: JSON-schema response formats are sent as OpenAI's response_format (vLLM, SGLang, penstock
+    # worker constrain decoding to them); validate: the upstream cannot, so the schema is stated in the
+    # conversation, the answer checked with jsonschema and asked again once if wrong (router/schema_check.py).
+    structured_output: Literal["native", "validate"] = "native"
     health: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 

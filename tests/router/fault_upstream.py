@@ -24,7 +24,8 @@ ANSWER = ["The ", "capital ", "of ", "France ", "is ", "Paris."]
 @dataclass
 class Upstream:
     url: str  # base URL, .../v1
-    # none, slow_first, status_NNN, drop_mid, malformed, between (delay_s between chunks), wrong_usage, no_usage
+    # none, slow_first, status_NNN, drop_mid, malformed, between (delay_s between chunks), wrong_usage, no_usage,
+    # json (a JSON answer), json_second (prose, then JSON when told it was wrong), json_never (prose always)
     fault: str = "none"
     delay_s: float = 0.0  # before the first chunk (slow_first) or between chunks
     calls: int = 0
@@ -55,12 +56,20 @@ def build(state: Upstream) -> FastAPI:
         if state.fault.startswith("status_"):
             status = int(state.fault[-3:])
             return JSONResponse({"error": {"message": f"injected {status}", "type": "x"}}, status_code=status)
-        return StreamingResponse(_answer(state), media_type="text/event-stream")
+        return StreamingResponse(_answer(state, state.bodies[-1]), media_type="text/event-stream")
 
     return app
 
 
-async def _answer(state: Upstream) -> AsyncIterator[bytes]:
+async def _answer(state: Upstream, body: dict) -> AsyncIterator[bytes]:
+    if state.fault.startswith("json"):  # json: right at once; json_second: right when asked again
+        asked_again = "does not match the JSON schema" in body["messages"][-1]["content"]
+        right = state.fault == "json" or (state.fault == "json_second" and asked_again)
+        yield _chunk('{"city": "Paris"}' if right else "Paris, of course.")
+        yield _chunk(finish="stop")
+        yield _chunk(usage={"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35})
+        yield b"data: [DONE]\n\n"
+        return
     if state.fault == "slow_first":
         await asyncio.sleep(state.delay_s)
     if state.fault == "malformed":

@@ -251,3 +251,42 @@ async def test_a_circuit_one_gateway_opens_is_open_in_another_through_redis(
                 "backup; reason=default,fallback:primary:unavailable"
             )
             assert primary.calls == calls  # the other gateway never called the failing replica
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+JSON_ANSWER = {"response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}}
+
+
+async def test_a_native_upstream_is_sent_the_response_format(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    upstreams[0].fault = "json"
+    response = await ask(client, **JSON_ANSWER)
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"city": "Paris"}
+    sent = upstreams[0].bodies[-1]
+    assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+@pytest.mark.parametrize("fault", ["json", "json_second", "json_never"])
+async def test_an_upstream_without_structured_output_is_checked_and_asked_again_once(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path, fault: str
+) -> None:
+    primary = upstreams[0]
+    primary.fault = fault
+    config = remote("primary", primary)
+    upstream = config.upstream.model_copy(update={"structured_output": "validate"})
+    settings = Settings(home=tmp_path, deployments=[config.model_copy(update={"upstream": upstream})])
+    async for client in gateway(settings):
+        response = await ask(client, "primary", **JSON_ANSWER)
+        metrics = (await client.get("/metrics")).text
+    assert "response_format" not in primary.bodies[0]
+    assert '"required": ["city"]' in primary.bodies[0]["messages"][0]["content"]  # the schema, stated
+    outcome = {"json": "valid", "json_second": "repaired", "json_never": "invalid"}[fault]
+    assert f'penstock_structured_output_total{{deployment="primary",outcome="{outcome}"}} 1.0' in metrics
+    if fault == "json_never":
+        assert response.status_code == 503 and "primary:schema" in response.json()["error"]["message"]
+        return
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"city": "Paris"}
+    calls = 1 if fault == "json" else 2
+    assert primary.calls == calls
+    assert response.json()["usage"]["total_tokens"] == 35 * calls  # both calls were the upstream's work

@@ -50,6 +50,15 @@ class RouterCollector(Collector):
         )
         for (model, deployment, reason), count in self._ladder.decisions.items():
             decisions.add_metric([model, deployment, reason], count)
+        checked = CounterMetricFamily(
+            "penstock_structured_output",
+            "JSON-schema answers checked here for upstreams that cannot constrain decoding: valid, repaired"
+            " (right when asked again), invalid",
+            labels=["deployment", "outcome"],
+        )
+        for deployment in self._fleet.remote:
+            for outcome, count in deployment.schema_outcomes.items():
+                checked.add_metric([deployment.name, outcome], count)
         refused = CounterMetricFamily("penstock_retries_refused", "Retries the retry budget did not allow")
         refused.add_metric([], self._ladder.budget.refused)
-        yield from (state, in_flight, healthy, calls, failures, opened, decisions, refused)
+        yield from (state, in_flight, healthy, calls, failures, opened, decisions, checked, refused)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import orjson
@@ -15,8 +17,9 @@ from penstock.config import UpstreamConfig
 from penstock.engine.served import ChatCodec
 from penstock.errors import InvalidRequest, UpstreamFailed
 from penstock.router.replicas import Replica, ReplicaSet, affinity_key
+from penstock.router.schema_check import asked_again, schema_error, with_schema
 from penstock.router.upstream import StreamReader, error_detail, request_body, status_failure
-from penstock.types import ChatRequest, Grammar, Prompt, TokenEvent
+from penstock.types import ChatRequest, Grammar, Prompt, TokenEvent, Usage
 
 MAX_ERROR_BODY = 4096
 
@@ -34,6 +37,7 @@ class RemoteDeployment:
         self.codec = codec
         self.config = config
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
+        self.schema_outcomes: Counter[str] = Counter()  # valid, repaired, invalid (structured_output: validate)
         self._session = session
         self._model = config.model or name
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -45,7 +49,7 @@ class RemoteDeployment:
         return self.replicas.in_flight
 
     def check_grammar(self, grammar: Grammar) -> None:
-        if grammar.kind != "json_schema":
+        if grammar.kind != "json_schema":  # what OpenAI's response_format and jsonschema both take
             raise InvalidRequest(
                 f"deployment {self.name} is remote: it takes JSON-schema output constraints, not {grammar.kind}",
                 param="response_format",
@@ -57,6 +61,36 @@ class RemoteDeployment:
 
     async def stream(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """The replica's answer; its breaker hears the outcome, its in-flight count covers the call."""
+        grammar = request.sampling.grammar
+        if self.config.structured_output == "validate" and grammar is not None and not request.calls_tools:
+            for event in await self._checked(replica, prompt, request, grammar.source):
+                yield event
+            return
+        async for event in self._counted(replica, prompt, request):
+            yield event
+
+    async def _checked(self, replica: Replica, prompt: Prompt, request: ChatRequest, schema: str) -> list[TokenEvent]:
+        """A whole answer, checked against `schema` and asked again once if wrong (both calls billed)."""
+        free = replace(request, sampling=replace(request.sampling, grammar=None))
+        stated = with_schema(prompt, schema)
+        events = [e async for e in self._counted(replica, stated, free)]
+        error = schema_error(events, schema)
+        if error is None:
+            self.schema_outcomes["valid"] += 1
+            return events
+        again = [e async for e in self._counted(replica, asked_again(stated, events, error), free)]
+        failed = schema_error(again, schema)
+        self.schema_outcomes["repaired" if failed is None else "invalid"] += 1
+        if failed is not None:
+            raise UpstreamFailed(f"deployment {self.name} answered outside the JSON schema: {failed}", kind="schema")
+        first, last = events[-1].usage, again[-1].usage
+        if first is not None and last is not None:
+            total = Usage(first.prompt_tokens + last.prompt_tokens, first.completion_tokens + last.completion_tokens)
+            again[-1] = replace(again[-1], usage=total)
+        return again
+
+    async def _counted(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+        """One call to the replica, with its load and its breaker's verdict kept."""
         replica.in_flight += 1
         replica.calls += 1
         replica.breaker.begin()
