@@ -112,6 +112,10 @@ class RouterControl:
         if self._store is None:
             raise InvalidRequest("this process keeps no configuration of its own (an engine worker)")
         overlay = {**self._overlay, (kind, name): body}
+        if body is None and kind == "deployment":
+            users = [r.name for r in self.effective()[1] if name in r.deployments]
+            if users:
+                raise Conflict(f"deployment {name!r} is used by the routes {users}: change them first", param="name")
         deployments, routes = self._checked(kind, name, body, overlay)
         try:
             check_routes(deployments, routes)
