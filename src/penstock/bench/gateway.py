@@ -441,12 +441,17 @@ def _gateway(
             wait_ready(base, server, Path(home) / "gateway.log")
             yield _Gateway(port, _request_bytes(port, _bench_key(base)), server.pid)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            interrupt(server)
+
+
+def interrupt(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """Ctrl-C, as a user stops a server; killed if it has not exited within `grace_s`."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:

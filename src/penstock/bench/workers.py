@@ -4,7 +4,6 @@ of its own, with its own home, started together and stopped (or killed, as a cra
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from penstock.bench.gateway import ENV_URLS, free_port, wait_ready
+from penstock.bench.gateway import ENV_URLS, free_port, interrupt, wait_ready
 
 
 class WorkerProcess:
@@ -53,13 +52,8 @@ class WorkerProcess:
             self._process.wait()
 
     def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGINT)
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self._process is not None and self._process.poll() is None:
+            interrupt(self._process)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
@@ -99,9 +93,4 @@ def running_gateway(home: Path, config: dict[str, Any], admin_key: str) -> Itera
         wait_ready(base, process, log)
         yield base
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        interrupt(process)
