@@ -290,3 +290,25 @@ async def test_an_upstream_without_structured_output_is_checked_and_asked_again_
     calls = 1 if fault == "json" else 2
     assert primary.calls == calls
     assert response.json()["usage"]["total_tokens"] == 35 * calls  # both calls were the upstream's work
+
+
+async def test_a_sibling_takes_over_from_a_dead_replica_without_spending_retries(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path
+) -> None:
+    """Refused connections did no work: failing over to a live replica is not a retry the budget counts."""
+    from tests.helpers import free_port
+
+    live = upstreams[0]
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    upstream = UpstreamConfig(
+        urls=[dead, live.url], model="fault", timeouts=FAST, health=SLOW_CHECKS, affinity_tokens=0
+    )
+    settings = Settings(
+        home=tmp_path,
+        deployments=[DeploymentConfig(name="pair", backend="openai", upstream=upstream)],
+        router=RouterConfig(backoff_s=0, retry_ratio=0, min_retries=0),  # no retries at all
+    )
+    async for client in gateway(settings):
+        statuses = [(await ask(client, "pair")).status_code for _ in range(6)]
+    assert statuses == [200] * 6
+    assert live.calls == 6

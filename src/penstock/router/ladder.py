@@ -1,7 +1,8 @@
 """The fallback ladder: a request tries its deployment's targets, then each fallback rung's, until one
 yields a first token. A failure before that (no connection, a 5xx or 429, a first token too slow, a stream
-broken early) moves it on, after a jittered backoff, while the retry budget allows; once a first token is
-out, the answer belongs to that target, and a later failure ends the stream with an error event."""
+broken early) moves it on, after a jittered backoff, while the retry budget allows (a sibling replica
+taking over from one whose connection is lost spends none); once a first token is out, the answer
+belongs to that target, and a later failure ends the stream with an error event."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, PenstockErr
 from penstock.router.deployments import Deployment
 from penstock.router.retry_budget import RetryBudget
 from penstock.types import ChatRequest, Prompt, RouteDecision, TokenEvent
+
+# Failures of the connection itself: the replica is gone (refused, or reset as a killed process's are), so
+# the request did no work there. Sending it to a sibling replica is failover, not a retry that adds load,
+# and spends no retry budget; a retry after an answer (5xx, 429, a timeout, bad SSE) or onto another rung does.
+CONNECTION_LOST = frozenset({"connect", "dropped"})
 
 # A fallback rung's own prompt (its tokenizer and window may differ), or None where it does not fit.
 Fit = Callable[[str], tuple[Prompt, ChatRequest] | None]
@@ -54,10 +60,11 @@ class Ladder:
                 failures.append(f"{name}:too_long")
                 continue
             tried: set[str] = set()
+            gone = False  # the last target failed at the connection: its sibling takes over, no retry spent
             while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
                 target, _how = choice
                 tried.add(target.name)
-                if attempts and not await self._may_retry(attempts):
+                if attempts and not gone and not await self._may_retry(attempts):
                     raise _exhausted(decision.model, [*failures, "retry_budget"])
                 attempts += 1
                 events = deployment.stream(target, *sent)
@@ -67,6 +74,7 @@ class Ladder:
                     if not exc.retryable:
                         raise
                     failures.append(f"{name}:{exc.kind}")
+                    gone = exc.kind in CONNECTION_LOST
                     continue
                 served = RouteDecision(name, decision.model, _reason(decision.reason, failures), ())
                 self.decisions[decision.model, name, reason_kind(served.reason)] += 1
