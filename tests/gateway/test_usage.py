@@ -43,6 +43,7 @@ async def test_an_answered_request_leaves_one_row(client: httpx.AsyncClient, dat
     assert (row["tenant_id"], row["key_id"], row["model"], row["status"]) == ("acme", key["id"], MODEL, "ok")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert row["route"] == "chat.completions" and row["latency_ms"] > 0
+    assert (row["deployment"], row["route_reason"]) == (MODEL, response.headers["x-penstock-route"].split("=", 1)[1])
     assert {"gateway", "context", "admission", "prefill"} <= set(row["stage_ms"])
 
 

@@ -20,17 +20,18 @@ def row(request_id: str, tenant: str, tokens: int, cost: float, at: datetime = N
 async def test_a_batch_lands_whole_with_every_column(database: Database) -> None:
     full = LedgerRow(
         "full", "acme", "key_1", "chat.completions", "error", NOW, "stable", "smollm2", 7, 3, 0.125, 41.5,
-        {"gateway": 1.25},
+        {"gateway": 1.25}, "rule:premium,fallback:big:status_503",
     )  # fmt: skip
     await LedgerStore(database).insert([full, row("bare", "acme", 0, 0.0)])
     async with database.connection() as conn:
         cursor = await conn.execute(
             "SELECT request_id, key_id, deployment, model, prompt_tokens, completion_tokens, cost::float8,"
-            " latency_ms, stage_ms, status, created_at FROM usage_ledger ORDER BY request_id"
+            " latency_ms, stage_ms, status, created_at, route_reason FROM usage_ledger ORDER BY request_id"
         )
+        reason = "rule:premium,fallback:big:status_503"
         assert await cursor.fetchall() == [
-            ("bare", None, None, None, 0, 0, 0.0, None, {}, "ok", NOW),
-            ("full", "key_1", "stable", "smollm2", 7, 3, 0.125, 41.5, {"gateway": 1.25}, "error", NOW),
+            ("bare", None, None, None, 0, 0, 0.0, None, {}, "ok", NOW, None),
+            ("full", "key_1", "stable", "smollm2", 7, 3, 0.125, 41.5, {"gateway": 1.25}, "error", NOW, reason),
         ]
 
 
@@ -76,8 +77,13 @@ async def test_replicas_writing_the_same_tenants_at_once_add_up_exactly(database
 async def test_the_migration_totals_the_rows_already_in_the_ledger(blank_database_url: str) -> None:
     before = [m for m in load_migrations() if m.version < 5]
     await apply_migrations(blank_database_url, before)
-    async with Database(blank_database_url) as db:
-        await LedgerStore(db).insert([row("a", "acme", 3, 0.5), row("b", "acme", 4, 0.25, NOW - timedelta(days=1))])
+    async with await connect(blank_database_url, autocommit=True) as conn:  # the columns of that time
+        for request_id, tokens, cost, at in (("a", 3, 0.5, NOW), ("b", 4, 0.25, NOW - timedelta(days=1))):
+            await conn.execute(
+                "INSERT INTO usage_ledger (request_id, tenant_id, route, status, prompt_tokens, cost, created_at)"
+                " VALUES (%s, 'acme', 'chat.completions', 'ok', %s, %s, %s)",
+                (request_id, tokens, cost, at),
+            )
     await apply_migrations(blank_database_url)
     async with await connect(blank_database_url) as conn:
         cursor = await conn.execute("SELECT tenant_id, day, tokens, cost::float8 FROM tenant_daily_spend ORDER BY day")

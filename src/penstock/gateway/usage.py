@@ -104,6 +104,7 @@ class UsageRecorder:
             cost=cost,
             latency_ms=timer.total() * 1000,
             stage_ms=timer.milliseconds(),
+            route_reason=prepared.decision.reason,
         )
         if self._review is not None and status == "ok":
             self._review.offer(prepared, route, text)

@@ -15,12 +15,12 @@ from penstock.store.storable import storable_json
 # lands in one statement, so migration 0005's trigger adds the batch to the daily totals once.
 _INSERT = (
     "INSERT INTO usage_ledger (request_id, tenant_id, key_id, deployment, model, route, prompt_tokens,"
-    " completion_tokens, cost, latency_ms, stage_ms, status, created_at)"
+    " completion_tokens, cost, latency_ms, stage_ms, status, created_at, route_reason)"
     " SELECT request_id, tenant, key_id, deployment, model, route, prompt_tokens, completion_tokens, cost,"
-    " latency_ms, stage_ms, status, created_at"
+    " latency_ms, stage_ms, status, created_at, route_reason"
     " FROM jsonb_to_recordset(%s::jsonb) AS r(request_id text, tenant text, key_id text, deployment text, model text,"
     " route text, prompt_tokens int, completion_tokens int, cost numeric, latency_ms float8, stage_ms jsonb,"
-    " status text, created_at timestamptz)"
+    " status text, created_at timestamptz, route_reason text)"
     " ON CONFLICT (request_id) DO NOTHING"
 )
 
@@ -40,6 +40,7 @@ class LedgerRow:
     cost: float = 0.0
     latency_ms: float | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
+    route_reason: str | None = None  # why this deployment (the x-penstock-route header's reason)
 
     @property
     def tokens(self) -> int:
