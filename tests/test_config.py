@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -71,10 +72,12 @@ def test_masked_hides_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PENSTOCK_ADMIN_KEY", "sk-very-secret-0123456789")
     monkeypatch.setenv("DATABASE_URL", "postgresql://app:dbpass@db/penstock")
     monkeypatch.setenv("REDIS_URL", "redis://:redispass@cache:6379/0")
+    remote = {"name": "vllm", "backend": "openai", "upstream": {"urls": ["https://user:upass@gpu-1:8000/v1"]}}
+    monkeypatch.setenv("PENSTOCK_DEPLOYMENTS", json.dumps([remote]))
     shown = str(load_settings().masked())
-    for secret in ("sk-very-secret-0123456789", "dbpass", "redispass"):
+    for secret in ("sk-very-secret-0123456789", "dbpass", "redispass", "upass"):
         assert secret not in shown
-    assert "postgresql://app:***@db/penstock" in shown
+    assert "postgresql://app:***@db/penstock" in shown and "https://user:***@gpu-1:8000/v1" in shown
 
 
 @pytest.mark.parametrize("key", ["", "short-key", "x" * 15])

@@ -386,6 +386,9 @@ class Settings(BaseSettings):
         shown["observability"]["metrics_token"] = "**********" if self.observability.metrics_token else None
         shown["database_url"] = self.database_url and mask_password(self.database_url)
         shown["redis_url"] = self.redis_url and mask_password(self.redis_url)
+        for deployment in shown["deployments"]:  # an upstream's URL may carry its credentials
+            if deployment.get("upstream"):
+                deployment["upstream"]["urls"] = [mask_password(url) for url in deployment["upstream"]["urls"]]
         return shown
 
 
