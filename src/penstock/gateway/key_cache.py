@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from penstock.gateway.refresher import Refresher
 from penstock.identity import ApiKey, Tenant, hash_key
 from penstock.store.keys import KeyStore
+from penstock.store.refresher import Refresher
 
 
 class KeyCache:

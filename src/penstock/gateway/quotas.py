@@ -12,8 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from penstock.errors import QuotaExceeded
-from penstock.gateway.refresher import Refresher
 from penstock.store.ledger import LedgerStore, Spend, TenantSpend
+from penstock.store.refresher import Refresher
 from penstock.types import Caller
 
 

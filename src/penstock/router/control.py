@@ -19,9 +19,9 @@ import structlog
 
 from penstock.config import DeploymentConfig, RouteConfig, check_routes
 from penstock.errors import Conflict, InvalidRequest, NotFound
-from penstock.gateway.refresher import Refresher
 from penstock.router.fleet import Fleet
 from penstock.router.router import Router
+from penstock.store.refresher import Refresher
 from penstock.store.router_objects import Kind, RouterObjectStore
 
 log = structlog.get_logger("penstock.router")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from penstock.gateway.refresher import Refresher
+from penstock.store.refresher import Refresher
 
 
 async def test_it_refreshes_on_its_interval_through_failures_until_stopped() -> None:

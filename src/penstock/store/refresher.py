@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-log = structlog.get_logger("penstock.gateway")
+log = structlog.get_logger("penstock.store")
 
 
 class Refresher:
