@@ -59,14 +59,17 @@ class RemoteDeployment:
         key = affinity_key(prompt.token_ids, self.config.affinity_tokens)
         return self.replicas.pick(key, tried)
 
-    async def stream(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
+    def stream(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """The replica's answer; its breaker hears the outcome, its in-flight count covers the call."""
         grammar = request.sampling.grammar
         if self.config.structured_output == "validate" and grammar is not None and not request.calls_tools:
-            for event in await self._checked(replica, prompt, request, grammar.source):
-                yield event
-            return
-        async for event in self._counted(replica, prompt, request):
+            return self._replayed(replica, prompt, request, grammar.source)
+        return self._counted(replica, prompt, request)  # no layer of its own around each event
+
+    async def _replayed(
+        self, replica: Replica, prompt: Prompt, request: ChatRequest, schema: str
+    ) -> AsyncIterator[TokenEvent]:
+        for event in await self._checked(replica, prompt, request, schema):
             yield event
 
     async def _checked(self, replica: Replica, prompt: Prompt, request: ChatRequest, schema: str) -> list[TokenEvent]:
