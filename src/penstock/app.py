@@ -37,22 +37,17 @@ from penstock.gateway.edge import EdgeMiddleware, HttpMetrics
 from penstock.gateway.error_handlers import install_error_handlers
 from penstock.gateway.host_check import LoopbackHostMiddleware
 from penstock.gateway.key_cache import KeyCache
-from penstock.gateway.ledger_writer import LedgerWriter
-from penstock.gateway.limiter import RateLimiter
-from penstock.gateway.limiter_local import LocalBackend
-from penstock.gateway.limiter_redis import RedisBackend
-from penstock.gateway.quotas import QuotaBook
-from penstock.gateway.rate_limits import RATELIMIT_HEADERS
 from penstock.gateway.request_body import RequestBodyMiddleware
-from penstock.gateway.review import ReviewSampler
 from penstock.gateway.services import Check, RetrievalServices, Services
-from penstock.gateway.usage import UsageRecorder
 from penstock.identity import Tenant
 from penstock.observability.dashboard import DashboardHistory
 from penstock.observability.engine_metrics import EngineMetrics
 from penstock.observability.gateway_metrics import GatewayMetrics
+from penstock.observability.ledger_writer import LedgerWriter
 from penstock.observability.request_metrics import RequestMetrics
+from penstock.observability.review import ReviewSampler
 from penstock.observability.router_metrics import RouterCollector
+from penstock.observability.settlement import Settlement
 from penstock.observability.tracing import Tracing, tracer_provider
 from penstock.pipeline import Pipeline
 from penstock.retrieval.chunker import Chunker, ChunkingConfig
@@ -63,9 +58,15 @@ from penstock.retrieval.query_cache import QueryEmbeddings
 from penstock.retrieval.reranker import MaxSimReranker
 from penstock.retrieval.retriever import Retriever, RetrieverConfig
 from penstock.retrieval.token_cache import TokenVectorCache
+from penstock.router.admission import Admission
 from penstock.router.control import RouterControl
 from penstock.router.fleet import Fleet
 from penstock.router.ladder import Ladder
+from penstock.router.limiter import RateLimiter
+from penstock.router.limiter_local import LocalBackend
+from penstock.router.limiter_redis import RedisBackend
+from penstock.router.quotas import QuotaBook
+from penstock.router.rate_limits import RATELIMIT_HEADERS
 from penstock.router.router import Router
 from penstock.router.shared_breakers import SharedBreakers
 from penstock.store.documents import DocumentStore
@@ -292,7 +293,17 @@ def _services(
     builder = ContextBuilder(settings.policy.default_max_tokens, settings.retrieval.max_per_source)
     ladder = Ladder(fleet.deployments, settings.router)
     retriever = retrieval.retriever if retrieval else None
-    pipeline = Pipeline(control.router, builder, fleet.deployments, ladder, retriever)
+    admission = Admission(limiter, state.quotas)
+    settlement = Settlement(
+        control.configs,
+        state.ledger,
+        state.quotas,
+        observers.requests,
+        observers.tracing,
+        state.review,
+        request_logs=observers.request_logs,
+    )
+    pipeline = Pipeline(control.router, builder, fleet.deployments, ladder, admission, settlement, retriever)
     return Services(
         auth=Authenticator(settings.admin_key, state.key_cache, settings.observability.metrics_token),
         policy=settings.policy,
@@ -303,17 +314,9 @@ def _services(
         created=int(time.time()),
         checks=state.checks,
         registries=observers.registries,
-        limiter=limiter,
+        admission=admission,
+        settlement=settlement,
         embedder=embedder,
-        usage=UsageRecorder(
-            control.configs,
-            state.ledger,
-            state.quotas,
-            observers.requests,
-            observers.tracing,
-            state.review,
-            request_logs=observers.request_logs,
-        ),
         keys=state.keys,
         key_cache=state.key_cache,
         ledger=state.usage,

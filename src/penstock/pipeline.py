@@ -1,9 +1,15 @@
-"""One request, start to end: retrieve → build context → route → generate (the ladder) → post-process.
+"""One request, start to end, in the order it runs:
+
+    prepare  retrieve → build context → route      (everything that can reject it, before any work)
+    admit    budgets, rate limits (tokens reserved)
+    start    the ladder: the first deployment that can begin gives the answer's first event
+    complete the rest of the events → post-processing → the whole completion (or the gateway streams them)
+    settle   tokens not used given back; ledger row, budgets, metrics, trace, log line
 
 Each stage takes the typed value the previous one returned; the timer wraps them from outside. The
-gateway admits the prepared request (limits, quotas) between `prepare` and `start`. The prompt is built
-with the tokenizer of the route's first deployment (a lookup that also refuses an unknown model), so the
-route's rules can read its length; a deployment with another tokenizer gets it built again.
+gateway calls them and speaks HTTP around them. The prompt is built with the tokenizer of the route's
+first deployment (a lookup that also refuses an unknown model), so the route's rules can read its length;
+a deployment with another tokenizer gets it built again.
 """
 
 from __future__ import annotations
@@ -11,26 +17,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from time import perf_counter
 from typing import Protocol
 
 from penstock.context.builder import ContextBuilder
 from penstock.errors import DependencyUnavailable, InvalidRequest
+from penstock.observability.settlement import Settlement
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.postprocess.tool_calls import ToolCallExtractor
+from penstock.router.admission import Admission
 from penstock.router.deployments import Deployment
 from penstock.router.ladder import Fit, Ladder
+from penstock.router.limiter import Ticket
 from penstock.router.router import Router
 from penstock.types import (
     ChatRequest,
     Completion,
+    Generation,
     Grammar,
+    Prepared,
     Principal,
     Prompt,
     Retrieval,
-    RouteDecision,
     TokenEvent,
     Usage,
 )
@@ -45,27 +55,6 @@ class Retrieve(Protocol):
     ) -> Retrieval: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A request ready to generate: `request` fitted to `prompt` (max_tokens, grammar), `asked` as it came."""
-
-    request: ChatRequest
-    decision: RouteDecision
-    prompt: Prompt
-    retrieval: Retrieval | None = None
-    asked: ChatRequest | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """An answer under way. `served`: the request as the deployment that gives it was sent it (after a
-    fallback, another deployment and reason than prepared); `events`: its events, the first already in."""
-
-    served: Prepared
-    events: AsyncIterator[TokenEvent]
-    target: str = ""  # the replica (operators' logs only)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -73,12 +62,16 @@ class Pipeline:
         builder: ContextBuilder,
         deployments: Mapping[str, Deployment],
         ladder: Ladder,
+        admission: Admission,
+        settlement: Settlement,
         retriever: Retrieve | None = None,
     ) -> None:
         self._router = router
         self._builder = builder
         self._deployments = deployments
         self.ladder = ladder
+        self._admission = admission
+        self._settlement = settlement
         self._retriever = retriever
 
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
@@ -110,6 +103,12 @@ class Pipeline:
         timer.absorb("retrieval.", found.stage_intervals, found.stage_seconds)
         return found
 
+    async def admit(self, prepared: Prepared, timer: StageTimer) -> Ticket:
+        """Past its budgets and rate limits, with the prompt and every choice at full length reserved."""
+        with timer.stage("admission"):
+            request = prepared.request
+            return await self._admission.admit(request.caller, request.request_id, reserved_tokens(prepared))
+
     async def start(self, prepared: Prepared, timer: StageTimer) -> Generation:
         """The answer's first event in hand (the ladder tried what it had to); raises if none could begin."""
         if prepared.prompt.answer is not None:  # decided without the model: every choice says it
@@ -140,6 +139,24 @@ class Pipeline:
         with timer.stage("post"):
             choices = collect_choices(events)
         return Completion(choices, usage_of(generation.served.prompt, events), dict(timer.seconds))
+
+    def settle(
+        self,
+        ticket: Ticket,
+        answered: Prepared | Generation,
+        route: str,
+        timer: StageTimer,
+        status: str,
+        events: list[TokenEvent],
+    ) -> None:
+        """Once per admitted request, however it ended: `answered` is the generation when one began (who
+        answered, what it was sent), else the request as prepared; `events` what reached the client."""
+        served = answered.served if isinstance(answered, Generation) else answered
+        usage = usage_of(served.prompt, events)
+        self._admission.release(ticket, usage.total_tokens)
+        text = "".join(e.text for e in events if e.index == 0)
+        target = answered.target if isinstance(answered, Generation) else ""
+        self._settlement.answered(served, route, timer, status, usage, text, target)
 
 
 async def _timed(
@@ -188,3 +205,9 @@ def usage_of(prompt: Prompt, events: list[TokenEvent]) -> Usage:
     """A remote engine's own count where it gave one (on its last event), else the tokens seen here."""
     reported = next((e.usage for e in reversed(events) if e.usage is not None), None)
     return reported or Usage(len(prompt.token_ids), sum(len(e.token_ids) for e in events))
+
+
+def reserved_tokens(prepared: Prepared) -> int:
+    """What tokens-per-minute limits reserve at admission: the prompt and every choice at full length."""
+    sampling = prepared.request.sampling
+    return len(prepared.prompt.token_ids) + (sampling.max_tokens or 0) * sampling.n

@@ -5,6 +5,7 @@ Each stage takes one of these and returns the next; no stage imports another sta
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -264,3 +265,24 @@ class Completion:
     choices: tuple[Choice, ...]
     usage: Usage
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request ready to generate: `request` fitted to `prompt` (max_tokens, grammar), `asked` as it came."""
+
+    request: ChatRequest
+    decision: RouteDecision
+    prompt: Prompt
+    retrieval: Retrieval | None = None
+    asked: ChatRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """An answer under way. `served`: the request as the deployment that gives it was sent it (after a
+    fallback, another deployment and reason than prepared); `events`: its events, the first already in."""
+
+    served: Prepared
+    events: AsyncIterator[TokenEvent]
+    target: str = ""  # the replica (operators' logs only)

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from penstock.app import build_app
 from penstock.config import ObservabilityConfig, Settings
 from penstock.engine.served import ServedModel
-from penstock.gateway.review import ReviewSampler
-from penstock.pipeline import Prepared
+from penstock.observability.review import ReviewSampler
 from penstock.store.review import ReviewSample
+from penstock.types import Prepared
 from tests.gateway.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_errors import assert_openai_error
 from tests.gateway.test_keys import as_key, new_key

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from penstock.errors import DependencyUnavailable, PermissionDenied
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
-from penstock.gateway.scopes import check_delegation, tenant_in_reach
 from penstock.gateway.services import Services, services
 from penstock.identity import ApiKey, KeyScopes, RateLimits, Tenant
+from penstock.router.scopes import check_delegation, tenant_in_reach
 from penstock.types import Caller
 
 ADMIN_ERRORS = {**ERRORS, 409: ERRORS[400]}

@@ -44,7 +44,7 @@ async def chat_completions(
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     request_id = request.state.request_id
-    with svc.usage.refusals(request_id, who, "chat.completions", body.model):
+    with svc.settlement.refusals(request_id, who, "chat.completions", body.model):
         with timer.stage("gateway"):
             convert = partial(chat_request, body, request_id, who, svc.policy, svc.retrieval_defaults)
             # Checking JSON schemas is CPU work (gateway/structured.py): a thread of its own, off the loop.
@@ -64,7 +64,7 @@ async def completions(
 ) -> BaseModel | StreamingResponse:
     timer = StageTimer()
     request_id = request.state.request_id
-    with svc.usage.refusals(request_id, who, "completions", body.model):
+    with svc.settlement.refusals(request_id, who, "completions", body.model):
         with timer.stage("gateway"):
             text = text_request(body, request_id, who, svc.policy)
         prepared = await svc.pipeline.prepare(text, timer)

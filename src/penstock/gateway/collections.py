@@ -18,10 +18,10 @@ from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound, Per
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.principal import principal_of
-from penstock.gateway.scopes import check_collections, tenant_in_reach
 from penstock.gateway.services import RetrievalServices, Services, services
 from penstock.retrieval.ingest import IncomingDocument
 from penstock.retrieval.parsers import Format, format_of
+from penstock.router.scopes import check_collections, tenant_in_reach
 from penstock.types import Acl, Caller
 
 router = APIRouter(prefix="/v1/collections", responses=ERRORS, route_class=StrictJsonRoute)

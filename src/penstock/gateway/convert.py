@@ -6,8 +6,8 @@ from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.principal import principal_of
 from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, PenstockOptions, SamplingFields
-from penstock.gateway.scopes import check_collections, check_output, check_scopes
 from penstock.gateway.structured import check_schema_sizes, message_of, output_grammar, tools_of
+from penstock.router.scopes import check_collections, check_output, check_scopes
 from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
 
 

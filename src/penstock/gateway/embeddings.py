@@ -17,9 +17,9 @@ from penstock.errors import InvalidRequest, ModelNotFound
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.schemas import EmbeddingList, EmbeddingOut, EmbeddingRequest, EmbeddingUsage
-from penstock.gateway.scopes import check_scopes
 from penstock.gateway.services import Services, services
 from penstock.observability.timing import StageTimer
+from penstock.router.scopes import check_scopes
 from penstock.types import Caller
 
 router = APIRouter(route_class=StrictJsonRoute)
@@ -36,12 +36,11 @@ async def embeddings(
     svc: Services = Depends(services),
 ) -> EmbeddingList:
     timer, request_id = StageTimer(), request.state.request_id
-    with svc.usage.refusals(request_id, who, ROUTE, body.model):
+    with svc.settlement.refusals(request_id, who, ROUTE, body.model):
         with timer.stage("gateway"):
             texts, counts = _validated(body, who, svc)
         with timer.stage("admission"):
-            svc.usage.check_budget(who)
-            ticket = await svc.limiter.admit(who, request_id, sum(counts))
+            ticket = await svc.admission.admit(who, request_id, sum(counts))
     response.headers.update(ticket.headers)
     status = "error"
     try:
@@ -49,8 +48,8 @@ async def embeddings(
             vectors = await svc.embedder.embed(texts)
         status = "ok"
     finally:
-        svc.limiter.finish(ticket, sum(counts))
-        svc.usage.embedded(request_id, who, body.model, sum(counts) if status == "ok" else 0, timer, status)
+        svc.admission.release(ticket, sum(counts))
+        svc.settlement.embedded(request_id, who, body.model, sum(counts) if status == "ok" else 0, timer, status)
     data = [EmbeddingOut(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
     return EmbeddingList(
         data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=sum(counts), total_tokens=sum(counts))

@@ -21,7 +21,7 @@ async def scraper(authorization: str | None = Header(default=None), svc: Service
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(scraper)])
 async def metrics(svc: Services = Depends(services)) -> Response:
-    svc.usage.observe_pending()  # a scrape counts every request settled before it
+    svc.settlement.observe_pending()  # a scrape counts every request settled before it
     if svc.http_metrics is not None:
         svc.http_metrics.observe_pending()  # and every exchange answered before it
     return Response(b"".join(map(generate_latest, svc.registries)), media_type=CONTENT_TYPE_LATEST)

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends
 from penstock.errors import ModelNotFound
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.schemas import ModelCard, ModelList
-from penstock.gateway.scopes import allowed_models
 from penstock.gateway.services import Services, services
+from penstock.router.scopes import allowed_models
 from penstock.types import Caller
 
 router = APIRouter()

@@ -1,11 +1,9 @@
-"""Admit a prepared request, run it through the pipeline, answer in the client's shape, whole or streamed.
+"""A prepared request through the rest of the pipeline, answered in the client's shape, whole or streamed.
 
-Admission (rate limits, with prompt + max_tokens reserved) comes after the prompt is built, since
-the token count is known only then, and before any generation. The answer begins once its first event
-is in (the router's ladder may have tried several deployments for it), so its headers can say which
-deployment gives it and why. Whatever happens next, the request is settled once: recorded (ledger,
-metrics, trace, log), and its unused tokens and in-flight slot given back. A client that leaves before
-its answer stops the generation, and is billed what was generated.
+The pipeline admits it, then starts it; the answer begins once its first event is in (the router's
+ladder may have tried several deployments for it), so its headers can say which deployment gives it
+and why, and the limits' state. Whatever happens next, the pipeline settles it once. A client that
+leaves before its answer stops the generation, and is billed what was generated.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ from penstock.gateway.services import Services
 from penstock.gateway.shapes import Shape
 from penstock.gateway.streaming import event_stream
 from penstock.observability.timing import StageTimer
-from penstock.pipeline import Generation, Prepared, usage_of
-from penstock.types import Completion, RouteDecision, TokenEvent
+from penstock.types import Completion, Generation, Prepared, RouteDecision, TokenEvent
 
 ROUTE_HEADER = "x-penstock-route"
 
@@ -37,19 +34,11 @@ async def respond(
     receive: Receive,
 ) -> BaseModel | StreamingResponse:
     """`receive`: the connection's, to notice a client that leaves before a whole answer is ready."""
-    with timer.stage("admission"):
-        svc.usage.check_budget(prepared.request.caller)
-        ticket = await svc.limiter.admit(
-            prepared.request.caller, prepared.request.request_id, reserved_tokens(prepared)
-        )
+    ticket = await svc.pipeline.admit(prepared, timer)
     served: list[Generation] = []  # the generation, once begun: who answers, and what it was sent
 
     def settle(status: str, events: list[TokenEvent]) -> None:
-        answered = served[0].served if served else prepared
-        usage = usage_of(answered.prompt, events)
-        svc.limiter.finish(ticket, usage.total_tokens)
-        text = "".join(e.text for e in events if e.index == 0)
-        svc.usage.answered(answered, route, timer, status, usage, text, served[0].target if served else "")
+        svc.pipeline.settle(ticket, served[0] if served else prepared, route, timer, status, events)
 
     async def begin() -> Generation:
         served.append(await svc.pipeline.start(prepared, timer))
@@ -83,9 +72,3 @@ async def respond(
 def route_header(decision: RouteDecision) -> str:
     """Which deployment answered and why, e.g. `small; reason=rule:long-prompts,fallback:big:status_503`."""
     return f"{decision.deployment}; reason={decision.reason}"
-
-
-def reserved_tokens(prepared: Prepared) -> int:
-    """What tokens-per-minute limits reserve at admission: the prompt and every choice at full length."""
-    sampling = prepared.request.sampling
-    return len(prepared.prompt.token_ids) + (sampling.max_tokens or 0) * sampling.n

@@ -13,13 +13,13 @@ from penstock.gateway.auth import Authenticator
 from penstock.gateway.draining import Draining
 from penstock.gateway.edge import HttpMetrics
 from penstock.gateway.key_cache import KeyCache
-from penstock.gateway.limiter import RateLimiter
-from penstock.gateway.usage import UsageRecorder
 from penstock.observability.dashboard import DashboardHistory
+from penstock.observability.settlement import Settlement
 from penstock.pipeline import Pipeline
 from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.retriever import Retriever
+from penstock.router.admission import Admission
 from penstock.router.control import RouterControl
 from penstock.router.router import Router
 from penstock.store.documents import DocumentStore
@@ -50,8 +50,8 @@ class Services:
     created: int
     checks: dict[str, Check]  # readiness checks by name
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
-    limiter: RateLimiter
-    usage: UsageRecorder
+    admission: Admission  # the pipeline's, for the routes outside it (embeddings)
+    settlement: Settlement
     embedder: Embedder
     draining: Draining
     retrieval: RetrievalServices | None = None

@@ -13,8 +13,8 @@ from penstock.errors import PenstockError
 from penstock.gateway.draining import Draining
 from penstock.gateway.shapes import Shape
 from penstock.observability.timing import StageTimer
-from penstock.pipeline import Generation, usage_of
-from penstock.types import TokenEvent
+from penstock.pipeline import usage_of
+from penstock.types import Generation, TokenEvent
 
 log = structlog.get_logger("penstock.gateway")
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from penstock.errors import DependencyUnavailable, InvalidRequest, NotFound
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
-from penstock.gateway.scopes import tenant_in_reach
 from penstock.gateway.services import Services, services
 from penstock.observability.redaction import redact
+from penstock.router.scopes import tenant_in_reach
 from penstock.store.feedback import Feedback
 from penstock.store.ledger import LedgerStore
 from penstock.types import Caller
@@ -104,13 +104,13 @@ async def feedback(body: FeedbackIn, who: Caller = Depends(caller), svc: Service
     ledger, store = _ledger(svc), svc.feedback
     if store is None:
         raise DependencyUnavailable("feedback needs the database, which this server runs without")
-    owner = svc.usage.recent(body.request_id) or await ledger.owner(body.request_id)
+    owner = svc.settlement.recent(body.request_id) or await ledger.owner(body.request_id)
     if owner is None or owner[0] != who.tenant:  # another tenant's request is as unknown as a missing one
         raise NotFound(f"no request '{body.request_id}' of yours to give feedback on", param="request_id")
     await store.record(
         Feedback(body.request_id, who.tenant, who.key_id, body.rating, body.escalated, redact(body.comment))
     )
-    svc.usage.feedback(owner[1], body.rating, body.escalated)
+    svc.settlement.feedback(owner[1], body.rating, body.escalated)
     return FeedbackOut(request_id=body.request_id, rating=body.rating, escalated=body.escalated)
 
 

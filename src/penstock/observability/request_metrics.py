@@ -1,7 +1,7 @@
 """Per-request Prometheus metrics: stage latencies, end to end, first token, tokens, cost, outcomes.
 
 Observed once per request, when it is settled (answered, failed or refused; made a loop turn later,
-gateway/usage.py), from the same ledger row the usage ledger gets, so the metrics and the ledger
+observability/settlement.py), from the same ledger row the usage ledger gets, so the metrics and the ledger
 can never disagree about a request. The engine reports its own view (queue, prefill, decode per
 sequence; KV usage; preemptions; prefix hits) in engine_metrics.py; these are the gateway's, arrival
 to last byte, written by its event loop only, hence lean_metrics.

@@ -16,23 +16,22 @@ from datetime import UTC, datetime
 
 from penstock.config import DeploymentConfig
 from penstock.errors import PenstockError, clip
-from penstock.gateway.ledger_writer import LedgerWriter
-from penstock.gateway.quotas import QuotaBook
-from penstock.gateway.review import ReviewSampler
+from penstock.observability.ledger_writer import LedgerWriter
 from penstock.observability.logging import RequestLines
 from penstock.observability.per_turn import PerTurn
 from penstock.observability.redaction import redact
 from penstock.observability.request_metrics import RequestMetrics
+from penstock.observability.review import ReviewSampler
 from penstock.observability.timing import StageTimer
 from penstock.observability.tracing import Tracing
-from penstock.pipeline import Prepared
+from penstock.router.quotas import QuotaBook
 from penstock.store.ledger import LedgerRow
-from penstock.types import Caller, Retrieval, Usage
+from penstock.types import Caller, Prepared, Retrieval, Usage
 
 RECENT = 10_000
 
 
-class UsageRecorder:
+class Settlement:
     def __init__(
         self,
         deployments: Mapping[str, DeploymentConfig],
@@ -68,10 +67,6 @@ class UsageRecorder:
     def observe_pending(self) -> None:
         """Make now the observations (series, log lines) queued for the next loop turn."""
         self._observations.flush()
-
-    def check_budget(self, caller: Caller) -> None:
-        if self._quotas is not None:
-            self._quotas.check(caller)
 
     def answered(
         self,

@@ -17,9 +17,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from penstock.errors import DependencyUnavailable, RateLimited
-from penstock.gateway.limiter_local import LocalBackend
-from penstock.gateway.rate_limits import PERIOD_S, Ask, Backend, Decision, ask_for, ratelimit_headers
 from penstock.observability.gateway_metrics import GatewayMetrics
+from penstock.router.limiter_local import LocalBackend
+from penstock.router.rate_limits import PERIOD_S, Ask, Backend, Decision, ask_for, ratelimit_headers
 from penstock.types import Caller
 
 log = structlog.get_logger("penstock.limits")

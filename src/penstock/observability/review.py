@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import structlog
 
 from penstock.observability.redaction import redact
-from penstock.pipeline import Prepared
 from penstock.store.review import ReviewSample, ReviewStore
+from penstock.types import Prepared
 
 log = structlog.get_logger("penstock.review")
 _REDACTED_AT_ONCE = 50

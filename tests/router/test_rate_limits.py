@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from penstock.gateway.limiter_local import LocalBackend
-from penstock.gateway.limiter_redis import RedisBackend
-from penstock.gateway.rate_limits import (
+from penstock.identity import KeyScopes, RateLimits, TenantLimits
+from penstock.router.limiter_local import LocalBackend
+from penstock.router.limiter_redis import RedisBackend
+from penstock.router.rate_limits import (
     Ask,
     Backend,
     Rate,
@@ -21,7 +22,6 @@ from penstock.gateway.rate_limits import (
     gcra,
     ratelimit_headers,
 )
-from penstock.identity import KeyScopes, RateLimits, TenantLimits
 from penstock.store.redis import connect_redis
 from penstock.types import Caller
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from penstock.gateway.rate_limits import Ask, Decision, Rate, RateState, Slots, gcra, remaining
+from penstock.router.rate_limits import Ask, Decision, Rate, RateState, Slots, gcra, remaining
 
 
 class LocalBackend:

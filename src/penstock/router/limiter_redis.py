@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from penstock.gateway.rate_limits import Ask, Decision, Rate, RateState, Slots
+from penstock.router.rate_limits import Ask, Decision, Rate, RateState, Slots
 
 # KEYS: the rate buckets, then the in-flight sets. ARGV: lease_ms, request_id, the number of rate
 # buckets, then per rate bucket interval_ms and cost, then per in-flight set its limit. Times in ms.

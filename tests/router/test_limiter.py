@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from penstock.errors import DependencyUnavailable, RateLimited
-from penstock.gateway.limiter import RateLimiter
-from penstock.gateway.limiter_local import LocalBackend
-from penstock.gateway.limiter_redis import RedisBackend
 from penstock.identity import KeyScopes, RateLimits
 from penstock.observability.gateway_metrics import GatewayMetrics
+from penstock.router.limiter import RateLimiter
+from penstock.router.limiter_local import LocalBackend
+from penstock.router.limiter_redis import RedisBackend
 from penstock.store.redis import connect_redis
 from penstock.types import Caller
 from tests.helpers import RedisServer
@@ -27,8 +27,8 @@ from tests.helpers import RedisServer
 # One of three "gateway processes": wait for the common start, fire its attempts at once, print how many passed.
 ATTEMPTS = """
 import asyncio, sys, time
-from penstock.gateway.limiter_redis import RedisBackend
-from penstock.gateway.rate_limits import Ask, Rate
+from penstock.router.limiter_redis import RedisBackend
+from penstock.router.rate_limits import Ask, Rate
 from penstock.store.redis import connect_redis
 
 async def main(url, start, attempts, limit, name):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from penstock.errors import QuotaExceeded
-from penstock.gateway.ledger_writer import LedgerWriter
-from penstock.gateway.quotas import QuotaBook
 from penstock.identity import TenantLimits
+from penstock.observability.ledger_writer import LedgerWriter
+from penstock.router.quotas import QuotaBook
 from penstock.store.database import Database
 from penstock.store.ledger import LedgerRow, LedgerStore
 from penstock.store.ledger_spool import LedgerSpool
