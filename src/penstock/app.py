@@ -60,6 +60,7 @@ from penstock.retrieval.retriever import Retriever, RetrieverConfig
 from penstock.retrieval.token_cache import TokenVectorCache
 from penstock.router.admission import Admission
 from penstock.router.control import RouterControl
+from penstock.router.embedding_models import EmbeddingModels
 from penstock.router.fleet import Fleet
 from penstock.router.ladder import Ladder
 from penstock.router.limiter import RateLimiter
@@ -316,7 +317,7 @@ def _services(
         registries=observers.registries,
         admission=admission,
         settlement=settlement,
-        embedder=embedder,
+        embedding_models=EmbeddingModels(embedder, fleet.deployments, ladder),
         keys=state.keys,
         key_cache=state.key_cache,
         ledger=state.usage,

@@ -58,6 +58,21 @@ def build(state: Upstream) -> FastAPI:
             return JSONResponse({"error": {"message": f"injected {status}", "type": "x"}}, status_code=status)
         return StreamingResponse(_answer(state, state.bodies[-1]), media_type="text/event-stream")
 
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        state.calls += 1
+        body = await request.json()
+        state.bodies.append(body)
+        if state.fault.startswith("status_"):
+            status = int(state.fault[-3:])
+            return JSONResponse({"error": {"message": f"injected {status}", "type": "x"}}, status_code=status)
+        texts = body["input"]
+        rows = [{"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0]} for i, t in enumerate(texts)]
+        if state.fault == "malformed":
+            rows = rows[:-1]  # one vector short
+        usage = {"prompt_tokens": 7 * len(texts), "total_tokens": 7 * len(texts)}
+        return JSONResponse({"object": "list", "data": rows[::-1], "model": body["model"], "usage": usage})
+
     return app
 
 

@@ -1,4 +1,5 @@
-"""POST /v1/embeddings: OpenAI's embeddings API over the bundled MiniLM (or any sentence-transformers folder).
+"""POST /v1/embeddings: OpenAI's embeddings API over the bundled MiniLM (or any sentence-transformers folder),
+or a remote deployment's upstream (router/embedding_models.py).
 
 Validated before any model work: the model name and the key's scopes, text input only (token arrays
 belong to another model's tokenizer), at most MAX_INPUTS texts, each within the model's window, and
@@ -13,12 +14,13 @@ import struct
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from penstock.errors import InvalidRequest, ModelNotFound
+from penstock.errors import InvalidRequest, PenstockError
 from penstock.gateway.chat import ERRORS, caller
 from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.schemas import EmbeddingList, EmbeddingOut, EmbeddingRequest, EmbeddingUsage
 from penstock.gateway.services import Services, services
 from penstock.observability.timing import StageTimer
+from penstock.router.embedding_models import EmbeddingModel
 from penstock.router.scopes import check_scopes
 from penstock.types import Caller
 
@@ -38,28 +40,30 @@ async def embeddings(
     timer, request_id = StageTimer(), request.state.request_id
     with svc.settlement.refusals(request_id, who, ROUTE, body.model):
         with timer.stage("gateway"):
-            texts, counts = _validated(body, who, svc)
+            model = svc.embedding_models.get(body.model)
+            texts, counts = _validated(body, who, model, svc)
         with timer.stage("admission"):
             ticket = await svc.admission.admit(who, request_id, sum(counts))
     response.headers.update(ticket.headers)
-    status = "error"
+    status, tokens = "error", 0
     try:
         with timer.stage("embed"):
-            vectors = await svc.embedder.embed(texts)
-        status = "ok"
+            embedded = await model.embed(texts, body.dimensions)
+        status, tokens = "ok", embedded.prompt_tokens if embedded.prompt_tokens is not None else sum(counts)
+    except PenstockError as exc:
+        status = exc.code or exc.type
+        raise
     finally:
-        svc.admission.release(ticket, sum(counts))
-        svc.settlement.embedded(request_id, who, body.model, sum(counts) if status == "ok" else 0, timer, status)
+        svc.admission.release(ticket, tokens)
+        svc.settlement.embedded(request_id, who, body.model, tokens, timer, status)
+    vectors = embedded.vectors
     data = [EmbeddingOut(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
-    return EmbeddingList(
-        data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=sum(counts), total_tokens=sum(counts))
-    )
+    return EmbeddingList(data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
-def _validated(body: EmbeddingRequest, who: Caller, svc: Services) -> tuple[list[str], list[int]]:
-    embedder = svc.embedder
-    if body.model != embedder.name:
-        raise ModelNotFound(f"The model '{body.model}' does not exist (embeddings: '{embedder.name}')", param="model")
+def _validated(
+    body: EmbeddingRequest, who: Caller, model: EmbeddingModel, svc: Services
+) -> tuple[list[str], list[int]]:
     check_scopes(who, body.model, [])
     texts = body.texts()
     if texts is None:
@@ -70,13 +74,13 @@ def _validated(body: EmbeddingRequest, who: Caller, svc: Services) -> tuple[list
         raise InvalidRequest(f"input must hold 1 to {MAX_INPUTS} texts, not {len(texts)}", param="input")
     if any(not text for text in texts):
         raise InvalidRequest("input texts must not be empty", param="input")
-    if body.dimensions is not None and body.dimensions != embedder.dimensions:
-        raise InvalidRequest(f"this model's embeddings have {embedder.dimensions} dimensions", param="dimensions")
-    counts = embedder.count_tokens(texts)
-    too_long = [i for i, n in enumerate(counts) if n > embedder.max_tokens]
+    if body.dimensions is not None and model.dimensions is not None and body.dimensions != model.dimensions:
+        raise InvalidRequest(f"this model's embeddings have {model.dimensions} dimensions", param="dimensions")
+    counts = model.count_tokens(texts)
+    too_long = [i for i, n in enumerate(counts) if n > model.max_tokens]
     if too_long:
         raise InvalidRequest(
-            f"input {too_long[0]} has {counts[too_long[0]]} tokens; this model takes at most {embedder.max_tokens}",
+            f"input {too_long[0]} has {counts[too_long[0]]} tokens; this model takes at most {model.max_tokens}",
             param="input",
         )
     if sum(counts) > svc.policy.max_embedding_tokens:

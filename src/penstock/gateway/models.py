@@ -16,7 +16,7 @@ router = APIRouter()
 
 def served_models(svc: Services) -> tuple[str, ...]:
     """Chat deployments, then the embedding model (/v1/embeddings)."""
-    return (*svc.router.models, svc.embedder.name)
+    return (*svc.router.models, svc.embedding_models.local.name)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)

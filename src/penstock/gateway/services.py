@@ -16,11 +16,11 @@ from penstock.gateway.key_cache import KeyCache
 from penstock.observability.dashboard import DashboardHistory
 from penstock.observability.settlement import Settlement
 from penstock.pipeline import Pipeline
-from penstock.retrieval.embedder import Embedder
 from penstock.retrieval.ingest import Ingestor
 from penstock.retrieval.retriever import Retriever
 from penstock.router.admission import Admission
 from penstock.router.control import RouterControl
+from penstock.router.embedding_models import EmbeddingModels
 from penstock.router.router import Router
 from penstock.store.documents import DocumentStore
 from penstock.store.feedback import FeedbackStore
@@ -52,7 +52,7 @@ class Services:
     registries: tuple[CollectorRegistry, ...]  # the engines' (maybe shared), then this app's own
     admission: Admission  # the pipeline's, for the routes outside it (embeddings)
     settlement: Settlement
-    embedder: Embedder
+    embedding_models: EmbeddingModels  # what /v1/embeddings may name: the local embedder, remote deployments
     draining: Draining
     retrieval: RetrievalServices | None = None
     keys: KeyStore | None = None  # tenants and keys, for the admin API; None in an engine worker

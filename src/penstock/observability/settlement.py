@@ -118,6 +118,7 @@ class Settlement:
     def embedded(
         self, request_id: str, caller: Caller, model: str, tokens: int, timer: StageTimer, status: str
     ) -> None:
+        """`model`: the embedding model that answered, this process's own or a remote deployment."""
         if self._quotas is not None:
             self._quotas.add(caller.tenant, tokens, 0.0)
         row = LedgerRow(
@@ -127,6 +128,7 @@ class Settlement:
             route="embeddings",
             status=status,
             created_at=datetime.now(UTC),
+            deployment=model,
             model=model,
             prompt_tokens=tokens,
             latency_ms=timer.total() * 1000,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from penstock.config import RouterConfig
 from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, PenstockError, UpstreamFailed
 from penstock.router.deployments import Deployment
+from penstock.router.remote import RemoteDeployment
 from penstock.router.retry_budget import RetryBudget
+from penstock.router.upstream import Embedded
 from penstock.types import ChatRequest, Prompt, RouteDecision, TokenEvent
 
 # Failures of the connection itself: the replica is gone (refused, or reset as a killed process's are), so
@@ -82,6 +84,29 @@ class Ladder:
             if not tried:
                 failures.append(f"{name}:unavailable")
         raise _exhausted(decision.model, failures)
+
+    async def embed(self, deployment: RemoteDeployment, texts: Sequence[str], dimensions: int | None) -> Embedded:
+        """Embeddings from one remote deployment, its replicas tried in turn under the same budget. Never a
+        fallback to another deployment: another model's vectors live in another space, and mixed with the
+        client's stored ones they would match nothing while looking like an answer."""
+        self.budget.request()
+        failures: list[str] = []
+        tried: set[str] = set()
+        gone = False
+        while (choice := deployment.replicas.pick(None, frozenset(tried))) is not None:
+            replica, _how = choice
+            if tried and not gone and not await self._may_retry(len(tried)):
+                failures.append("retry_budget")
+                break
+            tried.add(replica.name)
+            try:
+                return await deployment.embed(replica, texts, dimensions)
+            except UpstreamFailed as exc:
+                if not exc.retryable:
+                    raise
+                failures.append(f"{deployment.name}:{exc.kind}")
+                gone = exc.kind in CONNECTION_LOST
+        raise _exhausted(deployment.name, failures or [f"{deployment.name}:unavailable"])
 
     async def _may_retry(self, attempts: int) -> bool:
         if not self.budget.try_spend():

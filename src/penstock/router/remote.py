@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import aiohttp
@@ -18,7 +19,14 @@ from penstock.engine.served import ChatCodec
 from penstock.errors import InvalidRequest, UpstreamFailed
 from penstock.router.replicas import Replica, ReplicaSet, affinity_key
 from penstock.router.schema_check import asked_again, schema_error, with_schema
-from penstock.router.upstream import StreamReader, error_detail, request_body, status_failure
+from penstock.router.upstream import (
+    Embedded,
+    StreamReader,
+    embeddings_of,
+    error_detail,
+    request_body,
+    status_failure,
+)
 from penstock.types import ChatRequest, Grammar, Prompt, TokenEvent, Usage
 
 MAX_ERROR_BODY = 4096
@@ -92,11 +100,41 @@ class RemoteDeployment:
             again[-1] = replace(again[-1], usage=total)
         return again
 
+    async def embed(self, replica: Replica, texts: Sequence[str], dimensions: int | None) -> Embedded:
+        """The replica's vectors for `texts` (POST {url}/embeddings), within the total timeout, its load and its
+        breaker's verdict kept as for a stream (the whole answer stands for the first token)."""
+        body: dict[str, object] = {"model": self._model, "input": list(texts), "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        _begun(replica)
+        started, verdict = time.monotonic(), "abandoned"
+        try:
+            with _failures(self.name):
+                async with (
+                    asyncio.timeout(self.config.timeouts.total_s),
+                    self._session.post(
+                        replica.url + "/embeddings",
+                        data=orjson.dumps(body),
+                        headers=self._post_headers,
+                        timeout=self._timeout,
+                    ) as response,
+                ):
+                    if response.status != 200:
+                        detail = error_detail(await response.content.read(MAX_ERROR_BODY))
+                        raise status_failure(self.name, response.status, detail)
+                    raw = await response.read()
+            embedded = embeddings_of(self.name, raw, len(texts))
+            verdict = "ok"
+            return embedded
+        except UpstreamFailed:
+            verdict = "failed"
+            raise
+        finally:
+            _ended(replica, verdict, time.monotonic() - started)
+
     async def _counted(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """One call to the replica, with its load and its breaker's verdict kept."""
-        replica.in_flight += 1
-        replica.calls += 1
-        replica.breaker.begin()
+        _begun(replica)
         started, verdict, first_token_s = time.monotonic(), "abandoned", 0.0
         try:
             async for event in self._call(replica, prompt, request):
@@ -109,21 +147,14 @@ class RemoteDeployment:
             verdict = "failed"
             raise
         finally:
-            replica.in_flight -= 1
-            if verdict == "ok":
-                replica.breaker.succeeded(first_token_s)
-            elif verdict == "failed":
-                replica.failures += 1
-                replica.breaker.failed()
-            else:  # the client left, or the request was refused as the client's mistake
-                replica.breaker.abandoned()
+            _ended(replica, verdict, first_token_s)
 
     async def _call(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         path, body = request_body(prompt, request, self._model)
         timeouts, loop = self.config.timeouts, asyncio.get_running_loop()
         reader = StreamReader(self.name, request.raw_prompt is None, self._count, len(prompt.token_ids))
         deadline = loop.time() + timeouts.total_s
-        try:
+        with _failures(self.name):
             async with self._session.post(
                 replica.url + path, data=orjson.dumps(body), headers=self._post_headers, timeout=self._timeout
             ) as response:
@@ -138,20 +169,43 @@ class RemoteDeployment:
                     for event in reader.line(line):
                         wait = timeouts.between_tokens_s
                         yield event
-        except TimeoutError:
-            raise UpstreamFailed(f"deployment {self.name} did not answer in time", kind="timeout") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamFailed(
-                f"deployment {self.name} could not be reached: {exc.strerror}", kind="connect"
-            ) from None
-        except aiohttp.ClientError as exc:
-            what = type(exc).__name__
-            raise UpstreamFailed(f"deployment {self.name} broke the connection: {what}", kind="dropped") from None
         for event in reader.finish(request.sampling.n):
             yield event
 
     def _count(self, text: str) -> int:
         return len(self.codec.encode(text)) if text else 0
+
+
+@contextmanager
+def _failures(deployment: str) -> Iterator[None]:
+    """A call's timeout and connection errors as the ladder's UpstreamFailed kinds."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamFailed(f"deployment {deployment} did not answer in time", kind="timeout") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamFailed(f"deployment {deployment} could not be reached: {exc.strerror}", kind="connect") from None
+    except aiohttp.ClientError as exc:
+        what = type(exc).__name__
+        raise UpstreamFailed(f"deployment {deployment} broke the connection: {what}", kind="dropped") from None
+
+
+def _begun(replica: Replica) -> None:
+    replica.in_flight += 1
+    replica.calls += 1
+    replica.breaker.begin()
+
+
+def _ended(replica: Replica, verdict: str, first_token_s: float) -> None:
+    """A call over: `verdict` ok, failed, or anything else when the client left or was refused as its mistake."""
+    replica.in_flight -= 1
+    if verdict == "ok":
+        replica.breaker.succeeded(first_token_s)
+    elif verdict == "failed":
+        replica.failures += 1
+        replica.breaker.failed()
+    else:
+        replica.breaker.abandoned()
 
 
 async def _next_line(content: aiohttp.StreamReader, timeout_s: float) -> bytes:

@@ -103,6 +103,36 @@ def status_failure(deployment: str, status: int, detail: str) -> Exception:
     return UpstreamFailed(f"deployment {deployment} answered HTTP {status}: {detail}", kind=f"status_{status}")
 
 
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """An embeddings answer: one vector per text, in order, and the upstream's count of their tokens."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None  # None where it gave none
+
+
+def embeddings_of(deployment: str, raw: bytes, texts: int) -> Embedded:
+    """An upstream's /v1/embeddings body read strictly: a vector of numbers for each of the `texts`."""
+    try:
+        body = orjson.loads(raw)
+        rows = sorted(body["data"], key=lambda row: row["index"])
+        vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        usage = body.get("usage") or {}
+        tokens = usage.get("prompt_tokens")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise UpstreamFailed(
+            f"deployment {deployment} answered embeddings in an unknown shape", kind="protocol"
+        ) from None
+    widths = {len(v) for v in vectors}
+    if len(vectors) != texts or [r["index"] for r in rows] != list(range(texts)) or len(widths) != 1:
+        raise UpstreamFailed(
+            f"deployment {deployment} answered {len(vectors)} embeddings of widths {sorted(widths)} for {texts} texts",
+            kind="protocol",
+        )
+    plausible = isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0
+    return Embedded(vectors, tokens if plausible else None)
+
+
 def error_detail(raw: bytes) -> str:
     """The message of an OpenAI-shaped error body, else the start of the body."""
     try:
