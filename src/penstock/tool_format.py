@@ -27,25 +27,47 @@ def render_call(call: ToolCall) -> str:
 def parse_calls(text: str, schemas: Mapping[str, Mapping[str, Any]], *, bare: bool) -> tuple[ToolCall, ...]:
     """Every call in `text`, or none if any is malformed, names an unknown tool or breaks its schema.
 
-    `bare`: the text is one call's JSON without tags (tool_choice required or named).
+    `bare`: the text is all calls: one call's JSON without tags (what tool_choice required or named
+    holds the engine to), or tagged calls (what an upstream told of tools in its prompt writes).
     """
+    bodies = _bodies(text, bare=bare)
+    if bodies is None or any(_problem(body, schemas) for body in bodies):
+        return ()
+    calls = [json.loads(body) for body in bodies]
+    return tuple(ToolCall(f"call_{secrets.token_hex(12)}", c["name"], json.dumps(c["arguments"])) for c in calls)
+
+
+def call_problem(text: str, schemas: Mapping[str, Mapping[str, Any]], *, bare: bool) -> str | None:
+    """Why parse_calls finds no calls in `text`, in words a model can act on; None when it finds them."""
+    bodies = _bodies(text, bare=bare)
+    if bodies is None:
+        return f"write only the calls, each inside {CALL_OPEN} {CALL_CLOSE} tags, with no other text among them"
+    return next((problem for body in bodies if (problem := _problem(body, schemas))), None)
+
+
+def _bodies(text: str, *, bare: bool) -> list[str] | None:
+    """The calls' JSON texts; None when text stands around tagged calls (it would be lost)."""
     stripped = text.strip()
-    bodies = [stripped] if bare else _BLOCK.findall(stripped)
-    if not bodies or (not bare and _BLOCK.sub("", stripped).strip()):
-        return ()  # text around the calls would be lost: leave it all as text
-    calls = [_call(body, schemas) for body in bodies]
-    return tuple(c for c in calls if c is not None) if all(calls) else ()
+    tagged = _BLOCK.findall(stripped)
+    if tagged and not _BLOCK.sub("", stripped).strip():
+        return tagged
+    if bare and not tagged:
+        return [stripped]
+    return None
 
 
-def _call(body: str, schemas: Mapping[str, Mapping[str, Any]]) -> ToolCall | None:
+def _problem(body: str, schemas: Mapping[str, Mapping[str, Any]]) -> str | None:
     try:
         call = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or call.get("name") not in schemas or not isinstance(call.get("arguments"), dict):
-        return None
-    try:
-        jsonschema.validate(call["arguments"], schemas[call["name"]])
-    except jsonschema.ValidationError:
-        return None
-    return ToolCall(f"call_{secrets.token_hex(12)}", call["name"], json.dumps(call["arguments"]))
+    except json.JSONDecodeError as exc:
+        return f"a call is not JSON ({exc.msg})"
+    if not isinstance(call, dict) or not isinstance(call.get("arguments"), dict):
+        return 'a call is a JSON object {"name": <function name>, "arguments": <arguments object>}'
+    name = call.get("name")
+    if name not in schemas:
+        return f"there is no function {json.dumps(name)}; the functions are {', '.join(sorted(schemas))}"
+    schema = schemas[name]
+    error = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(schema)(schema).iter_errors(call["arguments"])
+    )
+    return f"the arguments of {name} do not match its schema: {error.message[:300]}" if error else None

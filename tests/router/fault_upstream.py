@@ -25,7 +25,8 @@ ANSWER = ["The ", "capital ", "of ", "France ", "is ", "Paris."]
 class Upstream:
     url: str  # base URL, .../v1
     # none, slow_first, status_NNN, drop_mid, malformed, between (delay_s between chunks), wrong_usage, no_usage,
-    # json (a JSON answer), json_second (prose, then JSON when told it was wrong), json_never (prose always)
+    # json (a JSON answer), json_second (prose, then JSON when told it was wrong), json_never (prose always),
+    # call, call_second, call_never: the same with a tool call written as text
     fault: str = "none"
     delay_s: float = 0.0  # before the first chunk (slow_first) or between chunks
     calls: int = 0
@@ -76,11 +77,20 @@ def build(state: Upstream) -> FastAPI:
     return app
 
 
+RIGHT_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+WRONG_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"town": 75}}\n</tool_call>'
+
+
 async def _answer(state: Upstream, body: dict) -> AsyncIterator[bytes]:
-    if state.fault.startswith("json"):  # json: right at once; json_second: right when asked again
-        asked_again = "does not match the JSON schema" in body["messages"][-1]["content"]
-        right = state.fault == "json" or (state.fault == "json_second" and asked_again)
-        yield _chunk('{"city": "Paris"}' if right else "Paris, of course.")
+    if state.fault.startswith(("json", "call")):  # json, call: right at once; *_second: right when asked again
+        asked_again = (
+            "not valid" in body["messages"][-1]["content"] or "does not match" in body["messages"][-1]["content"]
+        )
+        right = state.fault in ("json", "call") or (state.fault.endswith("_second") and asked_again)
+        if state.fault.startswith("call"):
+            yield _chunk("Let me look that up. " + (RIGHT_CALL if right else WRONG_CALL))
+        else:
+            yield _chunk('{"city": "Paris"}' if right else "Paris, of course.")
         yield _chunk(finish="stop")
         yield _chunk(usage={"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35})
         yield b"data: [DONE]\n\n"

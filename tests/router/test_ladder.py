@@ -292,6 +292,52 @@ async def test_an_upstream_without_structured_output_is_checked_and_asked_again_
     assert response.json()["usage"]["total_tokens"] == 35 * calls  # both calls were the upstream's work
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.mark.parametrize("fault", ["call", "call_second", "call_never"])
+async def test_an_upstream_without_tools_is_told_of_them_and_its_calls_checked(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path, fault: str
+) -> None:
+    primary = upstreams[0]
+    primary.fault = fault
+    config = remote("primary", primary)
+    upstream = config.upstream.model_copy(update={"structured_output": "validate"})
+    settings = Settings(home=tmp_path, deployments=[config.model_copy(update={"upstream": upstream})])
+    async for client in gateway(settings):
+        whole = await ask(client, "primary", tools=[WEATHER])
+        streamed = await ask(client, "primary", tools=[WEATHER], stream=True)
+        metrics = (await client.get("/metrics")).text
+    sent = primary.bodies[0]
+    assert "tools" not in sent and "tool_choice" not in sent
+    assert "get_weather" in sent["messages"][0]["content"]  # the tools, described in the conversation
+    outcome = {"call": "valid", "call_second": "repaired", "call_never": "invalid"}[fault]
+    assert f'penstock_structured_output_total{{deployment="primary",outcome="{outcome}"}} 2.0' in metrics
+    if fault == "call_never":
+        assert whole.status_code == 503 and "primary:tool_call" in whole.json()["error"]["message"]
+        assert "do not match its schema" in primary.bodies[1]["messages"][-1]["content"]  # what was wrong, said
+        # Settled once, when the ladder gave up: one count per request, not a second as a refusal.
+        counts = [line for line in metrics.splitlines() if line.startswith("penstock_requests_total{")]
+        assert len(counts) == 1 and counts[0].endswith(" 2.0")  # the whole one and the streamed one, once each
+        assert 'deployment="primary"' in counts[0]  # as the ladder settled it (a refusal names no deployment)
+        return
+    message = whole.json()["choices"][0]["message"]
+    assert whole.json()["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["content"] == "Let me look that up. "  # the prose before the call stays the answer's text
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    chunks = [json.loads(p) for p in sse_payloads(streamed.text) if p != "[DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert any(d.get("tool_calls") for d in deltas) and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
 async def test_a_sibling_takes_over_from_a_dead_replica_without_spending_retries(
     upstreams: tuple[Upstream, Upstream], tmp_path: Path
 ) -> None:

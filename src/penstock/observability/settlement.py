@@ -145,11 +145,13 @@ class Settlement:
 
     @contextmanager
     def refusals(self, request_id: str, caller: Caller, route: str, model: str | None) -> Iterator[None]:
-        """A request refused before it was answered still leaves its ledger row."""
+        """A request refused before it was answered still leaves its ledger row; one that failed after its
+        admission was settled then (with what it had used), and is not recorded twice."""
         try:
             yield
         except PenstockError as exc:
-            self.refused(request_id, caller, route, model, exc)
+            if request_id not in self._recent:
+                self.refused(request_id, caller, route, model, exc)
             raise
 
     def cost(self, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:

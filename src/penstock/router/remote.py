@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 import aiohttp
 import orjson
@@ -18,7 +19,15 @@ from penstock.config import UpstreamConfig
 from penstock.engine.served import ChatCodec
 from penstock.errors import InvalidRequest, UpstreamFailed
 from penstock.router.replicas import Replica, ReplicaSet, affinity_key
-from penstock.router.schema_check import asked_again, schema_error, with_schema
+from penstock.router.schema_check import (
+    CALL_RETRY,
+    SCHEMA_RETRY,
+    asked_again,
+    calls_error,
+    schema_error,
+    with_schema,
+    with_tools,
+)
 from penstock.router.upstream import (
     Embedded,
     StreamReader,
@@ -36,8 +45,6 @@ class RemoteDeployment:
     """`codec`: the deployment's tokenizer and template, which count tokens and fit the context window
     here (the upstream applies its own template to the messages it is sent)."""
 
-    native_tools = True  # the upstream renders tools and returns calls already parsed
-
     def __init__(
         self, name: str, config: UpstreamConfig, codec: ChatCodec, session: aiohttp.ClientSession, api_key: str | None
     ) -> None:
@@ -48,6 +55,9 @@ class RemoteDeployment:
         self.schema_outcomes: Counter[str] = Counter()  # valid, repaired, invalid (structured_output: validate)
         self._session = session
         self._model = config.model or name
+        # native: the upstream renders tools and returns calls already parsed; validate: it is told of them in
+        # the conversation, and the pipeline reads the calls out of its text as it does the engine's.
+        self.native_tools = config.structured_output == "native"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._post_headers = {**self.headers, "Content-Type": "application/json"}
         # Reads are timed by the stream itself (first token, between tokens, total); aiohttp times the connect.
@@ -57,7 +67,9 @@ class RemoteDeployment:
         return self.replicas.in_flight
 
     def check_grammar(self, grammar: Grammar) -> None:
-        if grammar.kind != "json_schema":  # what OpenAI's response_format and jsonschema both take
+        """Only JSON schemas (what OpenAI's response_format and jsonschema both take), and with `validate` the
+        tool-call format's grammar (tools with tool_choice auto): the calls are checked once written."""
+        if grammar.kind != "json_schema" and not (grammar.kind == "lark" and not self.native_tools):
             raise InvalidRequest(
                 f"deployment {self.name} is remote: it takes JSON-schema output constraints, not {grammar.kind}",
                 param="response_format",
@@ -70,30 +82,36 @@ class RemoteDeployment:
     def stream(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """The replica's answer; its breaker hears the outcome, its in-flight count covers the call."""
         grammar = request.sampling.grammar
-        if self.config.structured_output == "validate" and grammar is not None and not request.calls_tools:
-            return self._replayed(replica, prompt, request, grammar.source)
-        return self._counted(replica, prompt, request)  # no layer of its own around each event
+        if self.native_tools or (grammar is None and not request.calls_tools):
+            return self._counted(replica, prompt, request)  # no layer of its own around each event
+        free = replace(
+            request, tools=(), sampling=replace(request.sampling, grammar=None)
+        )  # asks the upstream for neither
+        if request.calls_tools:
+            check = _Check(with_tools(prompt, request), partial(calls_error, request=request), CALL_RETRY, "tool_call")
+        else:
+            assert grammar is not None
+            schema = grammar.source
+            check = _Check(with_schema(prompt, schema), partial(schema_error, schema=schema), SCHEMA_RETRY, "schema")
+        return self._replayed(replica, free, check)
 
-    async def _replayed(
-        self, replica: Replica, prompt: Prompt, request: ChatRequest, schema: str
-    ) -> AsyncIterator[TokenEvent]:
-        for event in await self._checked(replica, prompt, request, schema):
+    async def _replayed(self, replica: Replica, free: ChatRequest, check: _Check) -> AsyncIterator[TokenEvent]:
+        for event in await self._checked(replica, free, check):
             yield event
 
-    async def _checked(self, replica: Replica, prompt: Prompt, request: ChatRequest, schema: str) -> list[TokenEvent]:
-        """A whole answer, checked against `schema` and asked again once if wrong (both calls billed)."""
-        free = replace(request, sampling=replace(request.sampling, grammar=None))
-        stated = with_schema(prompt, schema)
-        events = [e async for e in self._counted(replica, stated, free)]
-        error = schema_error(events, schema)
+    async def _checked(self, replica: Replica, free: ChatRequest, check: _Check) -> list[TokenEvent]:
+        """A whole answer, checked and asked again once if wrong (both calls billed)."""
+        events = [e async for e in self._counted(replica, check.prompt, free)]
+        error = check.error(events)
         if error is None:
             self.schema_outcomes["valid"] += 1
             return events
-        again = [e async for e in self._counted(replica, asked_again(stated, events, error), free)]
-        failed = schema_error(again, schema)
+        correction = check.retry.format(error=error)
+        again = [e async for e in self._counted(replica, asked_again(check.prompt, events, correction), free)]
+        failed = check.error(again)
         self.schema_outcomes["repaired" if failed is None else "invalid"] += 1
         if failed is not None:
-            raise UpstreamFailed(f"deployment {self.name} answered outside the JSON schema: {failed}", kind="schema")
+            raise UpstreamFailed(f"deployment {self.name} answered wrongly twice: {failed}", kind=check.kind)
         first, last = events[-1].usage, again[-1].usage
         if first is not None and last is not None:
             total = Usage(first.prompt_tokens + last.prompt_tokens, first.completion_tokens + last.completion_tokens)
@@ -174,6 +192,17 @@ class RemoteDeployment:
 
     def _count(self, text: str) -> int:
         return len(self.codec.encode(text)) if text else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """How `structured_output: validate` asks for an answer and checks it: the conversation that states what
+    is wanted, what is wrong with an answer (None: nothing), how to say so, and the failure's kind."""
+
+    prompt: Prompt
+    error: Callable[[list[TokenEvent]], str | None]
+    retry: str
+    kind: str
 
 
 @contextmanager
