@@ -14,25 +14,23 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
-
 from penstock.config import DeploymentConfig
 from penstock.engine.served import ChatCodec, prompt_codec
 from penstock.errors import ConfigError
 from penstock.router.deployments import Deployment, EngineDeployment, Model
 from penstock.router.health import HealthChecker
+from penstock.router.http_client import HttpClient
 from penstock.router.remote import RemoteDeployment
 
-# One pool for every upstream: enough connections for a busy gateway, kept alive between requests.
-MAX_CONNECTIONS = 4096
+# One pool for every upstream, its connections kept alive between requests (closed after this long idle).
 KEEPALIVE_S = 30.0
 
 
 class Fleet:
-    def __init__(self, engines: Mapping[str, Model], session: aiohttp.ClientSession) -> None:
+    def __init__(self, engines: Mapping[str, Model], client: HttpClient) -> None:
         self.deployments: dict[str, Deployment] = {n: EngineDeployment(n, m) for n, m in engines.items()}
-        self._session = session
-        self._checker = HealthChecker(session)
+        self._client = client
+        self._checker = HealthChecker(client)
         self._configs: dict[str, DeploymentConfig] = {}
         self._codecs: dict[Path, ChatCodec] = {}
 
@@ -63,7 +61,7 @@ class Fleet:
         for config in changed:
             upstream = config.upstream
             assert upstream is not None  # backend openai has one (DeploymentConfig's validator)
-            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._session, keys[config.name])
+            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._client, keys[config.name])
             self.deployments[config.name] = deployment
             self._checker.watch(deployment)
         self._configs = wanted
@@ -72,13 +70,13 @@ class Fleet:
     @asynccontextmanager
     async def open(cls, engines: Mapping[str, Model]) -> AsyncIterator[Fleet]:
         """`engines`: the models loaded in this process, by deployment name; `apply` adds the remote ones."""
-        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            fleet = cls(engines, session)
-            try:
-                yield fleet
-            finally:
-                await fleet._checker.stop()
+        client = HttpClient(keepalive_s=KEEPALIVE_S)
+        fleet = cls(engines, client)
+        try:
+            yield fleet
+        finally:
+            await fleet._checker.stop()
+            client.close()
 
 
 def _api_key(config: DeploymentConfig) -> str | None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 
-import aiohttp
 import structlog
 
+from penstock.router.http_client import ConnectError, Disconnected, HttpClient
 from penstock.router.remote import RemoteDeployment
 from penstock.router.replicas import Replica
 
@@ -17,8 +17,8 @@ log = structlog.get_logger("penstock.router")
 
 
 class HealthChecker:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
+    def __init__(self, client: HttpClient) -> None:
+        self._client = client
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def watch(self, deployment: RemoteDeployment) -> None:
@@ -48,11 +48,17 @@ class HealthChecker:
 
     async def check(self, deployment: RemoteDeployment, replica: Replica) -> bool:
         health = deployment.config.health
-        url, timeout = f"{replica.url}/{health.path.lstrip('/')}", aiohttp.ClientTimeout(total=health.timeout_s)
+        url = f"{replica.url}/{health.path.lstrip('/')}"
+        deadline = asyncio.get_running_loop().time() + health.timeout_s
         try:
-            async with self._session.get(url, headers=deployment.headers, timeout=timeout) as response:
-                ok = response.status < 500 and response.status not in (401, 403, 404)
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(health.timeout_s):  # the connect too
+                response = await self._client.request("GET", url, headers=deployment.headers, deadline=deadline)
+                try:
+                    await response.read(deadline=deadline)  # whole, so its connection is kept for the next
+                finally:
+                    response.release()
+            ok = response.status < 500 and response.status not in (401, 403, 404)
+        except (ConnectError, Disconnected, TimeoutError):
             ok = False
         if ok:
             replica.breaker.healthy()

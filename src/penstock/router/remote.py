@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 
-import aiohttp
 import orjson
 
 from penstock.config import UpstreamConfig
 from penstock.engine.served import ChatCodec
 from penstock.errors import InvalidRequest, UpstreamFailed
+from penstock.router.http_client import ConnectError, Disconnected, HttpClient, Response
 from penstock.router.replicas import Replica, ReplicaSet, affinity_key
 from penstock.router.schema_check import (
     CALL_RETRY,
@@ -46,22 +46,20 @@ class RemoteDeployment:
     here (the upstream applies its own template to the messages it is sent)."""
 
     def __init__(
-        self, name: str, config: UpstreamConfig, codec: ChatCodec, session: aiohttp.ClientSession, api_key: str | None
+        self, name: str, config: UpstreamConfig, codec: ChatCodec, client: HttpClient, api_key: str | None
     ) -> None:
         self.name = name
         self.codec = codec
         self.config = config
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
         self.schema_outcomes: Counter[str] = Counter()  # valid, repaired, invalid (structured_output: validate)
-        self._session = session
+        self._client = client
         self._model = config.model or name
         # native: the upstream renders tools and returns calls already parsed; validate: it is told of them in
         # the conversation, and the pipeline reads the calls out of its text as it does the engine's.
         self.native_tools = config.structured_output == "native"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._post_headers = {**self.headers, "Content-Type": "application/json"}
-        # Reads are timed by the stream itself (first token, between tokens, total); aiohttp times the connect.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeouts.connect_s)
 
     def in_flight(self) -> int:
         return self.replicas.in_flight
@@ -126,21 +124,14 @@ class RemoteDeployment:
             body["dimensions"] = dimensions
         _begun(replica)
         started, verdict = time.monotonic(), "abandoned"
+        deadline = asyncio.get_running_loop().time() + self.config.timeouts.total_s
         try:
             with _failures(self.name):
-                async with (
-                    asyncio.timeout(self.config.timeouts.total_s),
-                    self._session.post(
-                        replica.url + "/embeddings",
-                        data=orjson.dumps(body),
-                        headers=self._post_headers,
-                        timeout=self._timeout,
-                    ) as response,
-                ):
-                    if response.status != 200:
-                        detail = error_detail(await response.content.read(MAX_ERROR_BODY))
-                        raise status_failure(self.name, response.status, detail)
-                    raw = await response.read()
+                response = await self._post(replica.url + "/embeddings", body, deadline)
+                try:
+                    raw = await response.read(deadline=deadline)
+                finally:
+                    response.release()
             embedded = embeddings_of(self.name, raw, len(texts))
             verdict = "ok"
             return embedded
@@ -171,24 +162,40 @@ class RemoteDeployment:
         path, body = request_body(prompt, request, self._model)
         timeouts, loop = self.config.timeouts, asyncio.get_running_loop()
         reader = StreamReader(self.name, request.raw_prompt is None, self._count, len(prompt.token_ids))
-        deadline = loop.time() + timeouts.total_s
+        end = loop.time() + timeouts.total_s
         with _failures(self.name):
-            async with self._session.post(
-                replica.url + path, data=orjson.dumps(body), headers=self._post_headers, timeout=self._timeout
-            ) as response:
-                if response.status != 200:
-                    detail = error_detail(await response.content.read(MAX_ERROR_BODY))
-                    raise status_failure(self.name, response.status, detail)
-                wait = timeouts.first_token_s
+            response = await self._post(replica.url + path, body, min(end, loop.time() + timeouts.first_token_s))
+            try:
+                wait = timeouts.first_token_s  # the status line and the first token share its deadline
                 while not reader.done:
-                    line = await _next_line(response.content, min(wait, deadline - loop.time()))
+                    line = await response.readline(min(end, loop.time() + wait))
                     if not line:
                         break
                     for event in reader.line(line):
                         wait = timeouts.between_tokens_s
                         yield event
+            finally:
+                response.release(drain=reader.done)  # a stream left unfinished is closed: the upstream stops
         for event in reader.finish(request.sampling.n):
             yield event
+
+    async def _post(self, url: str, body: dict[str, object], deadline: float) -> Response:
+        """The upstream's response to `body`, once its status is 200; else its error, as the ladder's failure."""
+        response = await self._client.request(
+            "POST",
+            url,
+            orjson.dumps(body),
+            self._post_headers,
+            connect_timeout_s=self.config.timeouts.connect_s,
+            deadline=deadline,
+        )
+        if response.status == 200:
+            return response
+        try:
+            detail = error_detail(await response.read(MAX_ERROR_BODY, deadline))
+        finally:
+            response.release()
+        raise status_failure(self.name, response.status, detail)
 
     def _count(self, text: str) -> int:
         return len(self.codec.encode(text)) if text else 0
@@ -212,11 +219,10 @@ def _failures(deployment: str) -> Iterator[None]:
         yield
     except TimeoutError:
         raise UpstreamFailed(f"deployment {deployment} did not answer in time", kind="timeout") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamFailed(f"deployment {deployment} could not be reached: {exc.strerror}", kind="connect") from None
-    except aiohttp.ClientError as exc:
-        what = type(exc).__name__
-        raise UpstreamFailed(f"deployment {deployment} broke the connection: {what}", kind="dropped") from None
+    except ConnectError as exc:
+        raise UpstreamFailed(f"deployment {deployment} could not be reached: {exc}", kind="connect") from None
+    except Disconnected as exc:
+        raise UpstreamFailed(f"deployment {deployment} broke the connection: {exc}", kind="dropped") from None
 
 
 def _begun(replica: Replica) -> None:
@@ -235,11 +241,3 @@ def _ended(replica: Replica, verdict: str, first_token_s: float) -> None:
         replica.breaker.failed()
     else:
         replica.breaker.abandoned()
-
-
-async def _next_line(content: aiohttp.StreamReader, timeout_s: float) -> bytes:
-    """The stream's next line within `timeout_s` (TimeoutError past it); b"" at its end."""
-    if timeout_s <= 0:
-        raise TimeoutError
-    async with asyncio.timeout(timeout_s):
-        return await content.readline()
