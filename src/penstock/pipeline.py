@@ -22,7 +22,7 @@ from time import perf_counter
 from typing import Protocol
 
 from penstock.context.builder import ContextBuilder
-from penstock.errors import DependencyUnavailable, InvalidRequest
+from penstock.errors import DependencyUnavailable, InvalidRequest, UpstreamFailed
 from penstock.observability.settlement import Settlement
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
@@ -109,13 +109,18 @@ class Pipeline:
             request = prepared.request
             return await self._admission.admit(request.caller, request.request_id, reserved_tokens(prepared))
 
-    async def start(self, prepared: Prepared, timer: StageTimer) -> Generation:
-        """The answer's first event in hand (the ladder tried what it had to); raises if none could begin."""
+    async def start(self, prepared: Prepared, timer: StageTimer, broken: Generation | None = None) -> Generation:
+        """The answer's first event in hand (the ladder tried what it had to); raises if none could begin.
+        `broken`: a whole answer's first try, which failed part way (see `restartable`): begun once more."""
         if prepared.prompt.answer is not None:  # decided without the model: every choice says it
             timer.mark_first_token()
             return Generation(prepared, _fixed(prepared.prompt.answer, prepared.request.sampling.n))
-        begun = perf_counter()
-        started = await self.ladder.start(prepared.decision, prepared.prompt, prepared.request, self._fitter(prepared))
+        begun, decision = perf_counter(), prepared.decision
+        if broken is not None:  # the reason says so: "requested,restart:workers", then what the ladder adds
+            decision = replace(decision, reason=f"{decision.reason},restart:{broken.served.decision.deployment}")
+        fit = self._fitter(prepared)
+        again = broken.target if broken is not None else None
+        started = await self.ladder.start(decision, prepared.prompt, prepared.request, fit, broken=again)
         served = replace(prepared, decision=started.decision, prompt=started.prompt, request=started.request)
         tools = ToolCallExtractor(started.request) if started.request.calls_tools and not started.native_tools else None
         return Generation(served, _timed(started.events, timer, begun, tools), started.target)
@@ -130,6 +135,11 @@ class Pipeline:
                 return None
 
         return fit
+
+    def restartable(self, failure: Exception) -> bool:
+        """Whether a whole (not streamed) answer that broke part way may begin again: the client has seen none
+        of it. Once, where the ladder allows; the broken part is not billed (its tokens were not delivered)."""
+        return isinstance(failure, UpstreamFailed) and self.ladder.may_restart(failure)
 
     async def complete(self, generation: Generation, timer: StageTimer, events: list[TokenEvent]) -> Completion:
         """The whole answer; `events` gathers its events as they come, for a caller that may cancel."""

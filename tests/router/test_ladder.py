@@ -129,8 +129,26 @@ async def test_a_stream_cut_after_its_first_token_ends_with_an_error_event(
     )
     assert words == "The capital of "  # what came before the cut, and nothing from another rung
     assert backup.calls == 0
-    whole = await ask(client)  # not streamed: the same cut is a 502 in OpenAI's shape
-    assert whole.status_code == 502 and whole.json()["error"]["code"] == "upstream_error"
+
+
+async def test_a_whole_answer_cut_part_way_begins_again_elsewhere(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    """Not streamed, the client has seen nothing of a cut answer: it is asked again of another target, once."""
+    primary, backup = upstreams
+    primary.fault = "drop_mid"
+    whole = await ask(client)
+    assert (
+        whole.status_code == 200
+        and whole.json()["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    )
+    assert whole.headers["x-penstock-route"] == "backup; reason=default,restart:primary,fallback:primary:unavailable"
+    assert (primary.calls, backup.calls) == (1, 1)
+    assert whole.json()["usage"]["total_tokens"] == 17  # the answer given (backup's own count), not the cut one
+    backup.fault = "drop_mid"  # cut again on the second target: once is all, then a 502 in OpenAI's shape
+    again = await ask(client)
+    assert again.status_code == 502 and again.json()["error"]["code"] == "upstream_error"
+    assert (primary.calls, backup.calls) == (2, 2)
 
 
 async def test_a_client_mistake_is_not_retried_elsewhere(

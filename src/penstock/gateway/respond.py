@@ -40,13 +40,20 @@ async def respond(
     def settle(status: str, events: list[TokenEvent]) -> None:
         svc.pipeline.settle(ticket, served[0] if served else prepared, route, timer, status, events)
 
-    async def begin() -> Generation:
-        served.append(await svc.pipeline.start(prepared, timer))
+    async def begin(broken: Generation | None = None) -> Generation:
+        served[:] = [await svc.pipeline.start(prepared, timer, broken)]
         response.headers.update({**ticket.headers, ROUTE_HEADER: route_header(served[0].served.decision)})
         return served[0]
 
     async def whole() -> Completion:
-        return await svc.pipeline.complete(await begin(), timer, events)
+        first = await begin()
+        try:
+            return await svc.pipeline.complete(first, timer, events)
+        except PenstockError as exc:
+            if not svc.pipeline.restartable(exc):
+                raise
+        events.clear()
+        return await svc.pipeline.complete(await begin(first), timer, events)
 
     events: list[TokenEvent] = []
     try:

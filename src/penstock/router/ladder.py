@@ -51,8 +51,13 @@ class Ladder:
         self._rng = rng or random.Random()
         self.decisions: Counter[tuple[str, str, str]] = Counter()  # (model, deployment, reason kind): answers begun
 
-    async def start(self, decision: RouteDecision, prompt: Prompt, request: ChatRequest, fit: Fit) -> Started:
-        self.budget.request()
+    async def start(
+        self, decision: RouteDecision, prompt: Prompt, request: ChatRequest, fit: Fit, *, broken: str | None = None
+    ) -> Started:
+        """`broken`: the target whose answer to this request broke before the client saw any of it; the request
+        begins again elsewhere (earning the budget nothing: it was counted the first time)."""
+        if broken is None:
+            self.budget.request()
         failures: list[str] = []
         attempts = 0
         for rung, name in enumerate((decision.deployment, *decision.fallbacks)):
@@ -61,11 +66,13 @@ class Ladder:
             if sent is None:
                 failures.append(f"{name}:too_long")
                 continue
-            tried: set[str] = set()
+            tried: set[str] = {broken} if broken is not None else set()
+            reached = False
             gone = False  # the last target failed at the connection: its sibling takes over, no retry spent
             while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
                 target, _how = choice
                 tried.add(target.name)
+                reached = True
                 if attempts and not gone and not await self._may_retry(attempts):
                     raise _exhausted(decision.model, [*failures, "retry_budget"])
                 attempts += 1
@@ -81,7 +88,7 @@ class Ladder:
                 served = RouteDecision(name, decision.model, _reason(decision.reason, failures), ())
                 self.decisions[decision.model, name, reason_kind(served.reason)] += 1
                 return Started(served, *sent, _from(first, events), target.name, deployment.native_tools)
-            if not tried:
+            if not reached:
                 failures.append(f"{name}:unavailable")
         raise _exhausted(decision.model, failures)
 
@@ -107,6 +114,11 @@ class Ladder:
                 failures.append(f"{deployment.name}:{exc.kind}")
                 gone = exc.kind in CONNECTION_LOST
         raise _exhausted(deployment.name, failures or [f"{deployment.name}:unavailable"])
+
+    def may_restart(self, failure: UpstreamFailed) -> bool:
+        """Whether an answer that broke part way may begin again elsewhere: a failure of the upstream's, and a
+        lost connection (free) or a retry the budget allows."""
+        return failure.retryable and (failure.kind in CONNECTION_LOST or self.budget.try_spend())
 
     async def _may_retry(self, attempts: int) -> bool:
         if not self.budget.try_spend():
