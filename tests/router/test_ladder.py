@@ -285,16 +285,20 @@ async def test_a_native_upstream_is_sent_the_response_format(
     assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
 
 
+def validating(primary: Upstream, home: Path) -> Settings:
+    """One deployment on `primary` with `structured_output: validate`."""
+    config = remote("primary", primary)
+    upstream = config.upstream.model_copy(update={"structured_output": "validate"})
+    return Settings(home=home, deployments=[config.model_copy(update={"upstream": upstream})])
+
+
 @pytest.mark.parametrize("fault", ["json", "json_second", "json_never"])
 async def test_an_upstream_without_structured_output_is_checked_and_asked_again_once(
     upstreams: tuple[Upstream, Upstream], tmp_path: Path, fault: str
 ) -> None:
     primary = upstreams[0]
     primary.fault = fault
-    config = remote("primary", primary)
-    upstream = config.upstream.model_copy(update={"structured_output": "validate"})
-    settings = Settings(home=tmp_path, deployments=[config.model_copy(update={"upstream": upstream})])
-    async for client in gateway(settings):
+    async for client in gateway(validating(primary, tmp_path)):
         response = await ask(client, "primary", **JSON_ANSWER)
         metrics = (await client.get("/metrics")).text
     assert "response_format" not in primary.bodies[0]
@@ -325,10 +329,7 @@ async def test_an_upstream_without_tools_is_told_of_them_and_its_calls_checked(
 ) -> None:
     primary = upstreams[0]
     primary.fault = fault
-    config = remote("primary", primary)
-    upstream = config.upstream.model_copy(update={"structured_output": "validate"})
-    settings = Settings(home=tmp_path, deployments=[config.model_copy(update={"upstream": upstream})])
-    async for client in gateway(settings):
+    async for client in gateway(validating(primary, tmp_path)):
         whole = await ask(client, "primary", tools=[WEATHER])
         streamed = await ask(client, "primary", tools=[WEATHER], stream=True)
         metrics = (await client.get("/metrics")).text
