@@ -42,6 +42,17 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
     assert assert_openai_error(response, 400)["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("label", [None, "application/x-www-form-urlencoded", "text/plain"])
+async def test_a_json_body_sent_unlabelled_is_read_as_json(client: httpx.AsyncClient, label: str | None) -> None:
+    """`curl -d` labels its body a form; every body here is JSON, so it is read as JSON, strictly."""
+    headers = {"Content-Type": label} if label else {}
+    body = b'{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}' % MODEL.encode()
+    answered = await client.post("/v1/chat/completions", content=body, headers=headers)
+    assert answered.status_code == 200 and answered.json()["object"] == "chat.completion"
+    broken = await client.post("/v1/chat/completions", content=b"model=x&messages=hi", headers=headers)
+    assert assert_openai_error(broken, 400)["code"] == "invalid_json"
+
+
 @pytest.mark.parametrize(
     ("route", "body"),
     [

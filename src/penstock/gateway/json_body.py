@@ -4,6 +4,10 @@
 encoded: it passed validation in some fields and failed deep inside (the tokenizer: a 500). orjson
 refuses it, and NaN and Infinity, as JSON does; its error is a `json.JSONDecodeError`, which FastAPI
 turns into the 400 every malformed body gets. The routers that take a body use this route class.
+
+Every body these routes take is JSON, so one sent without saying so is read as JSON too: `curl -d`
+labels its body application/x-www-form-urlencoded, and FastAPI, seeing no JSON content type, handed the
+models a string ("Input should be a valid dictionary", a 422 that never named the header).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.types import Scope
 
 
 class _StrictJsonRequest(Request):
@@ -28,6 +33,19 @@ class StrictJsonRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict(request: Request) -> Response:
-            return await handler(_StrictJsonRequest(request.scope, request.receive))
+            return await handler(_StrictJsonRequest(_labelled_json(request.scope), request.receive))
 
         return strict
+
+
+_UNLABELLED = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+
+
+def _labelled_json(scope: Scope) -> Scope:
+    """The scope, with a JSON content type where the client sent none, a form's (curl -d) or plain text's."""
+    headers = scope["headers"]
+    given = next((value for name, value in headers if name == b"content-type"), b"")
+    if given.split(b";", 1)[0].strip().lower() not in _UNLABELLED:
+        return scope
+    kept = [(name, value) for name, value in headers if name != b"content-type"]
+    return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
