@@ -46,7 +46,7 @@ def build(state: Upstream) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": "fault", "object": "model"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in ("fault", "fault-embed")]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

@@ -3,12 +3,14 @@ a request to the next rung, what ends a stream with an error event, and what the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from penstock.app import build_app
 from penstock.config import (
@@ -377,3 +379,35 @@ async def test_a_sibling_takes_over_from_a_dead_replica_without_spending_retries
         statuses = [(await ask(client, "pair")).status_code for _ in range(6)]
     assert statuses == [200] * 6
     assert live.calls == 6
+
+
+async def test_a_replica_that_does_not_serve_the_model_fails_its_health_check(
+    upstreams: tuple[Upstream, Upstream], tmp_path: Path
+) -> None:
+    """Its model list is read: a deployment whose upstream.model was left unset (it names itself) is out of
+    rotation before any request meets the upstream's 404, and the log says why."""
+    upstream = UpstreamConfig(urls=[upstreams[0].url], timeouts=FAST)  # no model: asks for "unnamed"
+    settings = Settings(
+        home=tmp_path,
+        deployments=[DeploymentConfig(name="unnamed", backend="openai", upstream=upstream)],
+        router=RouterConfig(backoff_s=0),
+    )
+    with capture_logs() as logs:
+        async for client in gateway(settings):
+            await until_metric(client, 'penstock_upstream_healthy{deployment="unnamed"', " 0.0")  # the first check
+            response = await ask(client, "unnamed")
+    assert response.status_code == 503 and "unnamed:unavailable" in response.json()["error"]["message"]
+    assert upstreams[0].calls == 0  # never sent a request it would have refused
+    warned = next(entry for entry in logs if entry["event"] == "replica_unhealthy")
+    assert "does not serve the model 'unnamed'" in warned["problem"] and "fault" in warned["problem"]
+
+
+async def until_metric(client: httpx.AsyncClient, series: str, ending: str, timeout_s: float = 10) -> None:
+    """Poll /metrics until the line starting `series` ends with `ending`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        lines = (await client.get("/metrics")).text.splitlines()
+        if any(line.startswith(series) and line.endswith(ending) for line in lines):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{series} never ended with {ending}")

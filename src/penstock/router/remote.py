@@ -54,7 +54,7 @@ class RemoteDeployment:
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
         self.schema_outcomes: Counter[str] = Counter()  # valid, repaired, invalid (structured_output: validate)
         self._client = client
-        self._model = config.model or name
+        self.upstream_model = config.model or name  # what the upstream is asked for
         # native: the upstream renders tools and returns calls already parsed; validate: it is told of them in
         # the conversation, and the pipeline reads the calls out of its text as it does the engine's.
         self.native_tools = config.structured_output == "native"
@@ -119,7 +119,7 @@ class RemoteDeployment:
     async def embed(self, replica: Replica, texts: Sequence[str], dimensions: int | None) -> Embedded:
         """The replica's vectors for `texts` (POST {url}/embeddings), within the total timeout, its load and its
         breaker's verdict kept as for a stream (the whole answer stands for the first token)."""
-        body: dict[str, object] = {"model": self._model, "input": list(texts), "encoding_format": "float"}
+        body: dict[str, object] = {"model": self.upstream_model, "input": list(texts), "encoding_format": "float"}
         if dimensions is not None:
             body["dimensions"] = dimensions
         _begun(replica)
@@ -159,7 +159,7 @@ class RemoteDeployment:
             _ended(replica, verdict, first_token_s)
 
     async def _call(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
-        path, body = request_body(prompt, request, self._model)
+        path, body = request_body(prompt, request, self.upstream_model)
         timeouts, loop = self.config.timeouts, asyncio.get_running_loop()
         reader = StreamReader(self.name, request.raw_prompt is None, self._count, len(prompt.token_ids))
         end = loop.time() + timeouts.total_s
