@@ -15,14 +15,15 @@ a deployment with another tokenizer gets it built again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 from time import perf_counter
 from typing import Protocol
 
 from penstock.context.builder import ContextBuilder
-from penstock.errors import DependencyUnavailable, InvalidRequest, UpstreamFailed
+from penstock.errors import DeadlineExceeded, DependencyUnavailable, InvalidRequest, UpstreamFailed
 from penstock.observability.settlement import Settlement
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
@@ -77,7 +78,8 @@ class Pipeline:
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
         """Everything that can reject the request runs here, before a byte of the answer is sent."""
         counting = self._deployments[self._router.counting_deployment(request)]  # a lookup: raises 404
-        retrieval = await self._retrieve(request, timer)
+        async with within(request.deadline, "retrieving passages"):
+            retrieval = await self._retrieve(request, timer)
         with timer.stage("context"):
             prompt, fitted = self._builder.build(request, counting.codec, retrieval)
             await _checked_grammar(counting, fitted)  # only once the prompt is known to fit
@@ -120,10 +122,13 @@ class Pipeline:
             decision = replace(decision, reason=f"{decision.reason},restart:{broken.served.decision.deployment}")
         fit = self._fitter(prepared)
         again = broken.target if broken is not None else None
-        started = await self.ladder.start(decision, prepared.prompt, prepared.request, fit, broken=again)
+        deadline = prepared.request.deadline
+        async with within(deadline, "waiting for the first token"):
+            started = await self.ladder.start(decision, prepared.prompt, prepared.request, fit, broken=again)
         served = replace(prepared, decision=started.decision, prompt=started.prompt, request=started.request)
         tools = ToolCallExtractor(started.request) if started.request.calls_tools and not started.native_tools else None
-        return Generation(served, _timed(started.events, timer, begun, tools), started.target)
+        events = started.events if deadline is None else _before(deadline, started.events)
+        return Generation(served, _timed(events, timer, begun, tools), started.target)
 
     def _fitter(self, prepared: Prepared) -> Fit:
         def fit(name: str) -> tuple[Prompt, ChatRequest] | None:
@@ -184,6 +189,35 @@ async def _timed(
                 with timer.stage("post"):
                     event = tools.process(event)
             last = perf_counter()
+            yield event
+
+
+@asynccontextmanager
+async def within(deadline: float | None, doing: str) -> AsyncIterator[None]:
+    """The block cut short at `deadline` (time.monotonic()) as a DeadlineExceeded; no limit without one."""
+    if deadline is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    timeout = asyncio.timeout_at(loop.time() + deadline - time.monotonic())
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():  # another's timeout, raised through this block
+            raise
+        raise DeadlineExceeded(f"the request's deadline passed while {doing}", code="deadline_exceeded") from None
+
+
+async def _before(deadline: float, events: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+    """The events until `deadline`; past it the generation is closed (the engine frees its blocks, an upstream
+    call is cut) and DeadlineExceeded raised, which a stream ends with as its error event."""
+    async with aclosing(events) as stream:
+        while True:
+            async with within(deadline, "generating"):
+                event = await anext(stream, None)
+            if event is None:
+                return
             yield event
 
 

@@ -123,6 +123,7 @@ class ChatRequest:
     # "none", "auto", "required", or the one tool's name the model must call
     tool_choice: str = "auto"
     retrieval: RetrievalOptions | None = None
+    deadline: float | None = None  # time.monotonic() past which its answer is no use to the client
 
     @property
     def calls_tools(self) -> bool:

@@ -153,6 +153,20 @@ async def test_a_whole_answer_cut_part_way_begins_again_elsewhere(
     assert (primary.calls, backup.calls) == (2, 2)
 
 
+async def test_a_request_deadline_cuts_the_upstream_wait_short(
+    client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    primary, backup = upstreams
+    primary.fault, primary.delay_s = "slow_first", 2.0  # the deadline passes before first_token_s (0.5 s)
+    started = asyncio.get_running_loop().time()
+    response = await client.post(
+        "/v1/chat/completions", json={"model": "chat", **QUESTION}, headers={"x-penstock-deadline-ms": "200"}
+    )
+    assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert backup.calls == 0  # no time left for a fallback
+
+
 async def test_a_client_mistake_is_not_retried_elsewhere(
     client: httpx.AsyncClient, upstreams: tuple[Upstream, Upstream]
 ) -> None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from penstock.gateway.convert import chat_request, text_request
+from penstock.gateway.convert import DEADLINE_HEADER, chat_request, deadline_of, text_request
 from penstock.gateway.json_body import StrictJsonRoute
 from penstock.gateway.respond import respond
 from penstock.gateway.schemas import (
@@ -46,7 +46,8 @@ async def chat_completions(
     request_id = request.state.request_id
     with svc.settlement.refusals(request_id, who, "chat.completions", body.model):
         with timer.stage("gateway"):
-            convert = partial(chat_request, body, request_id, who, svc.policy, svc.retrieval_defaults)
+            deadline = deadline_of(request.headers.get(DEADLINE_HEADER))
+            convert = partial(chat_request, body, request_id, who, svc.policy, svc.retrieval_defaults, deadline)
             # Checking JSON schemas is CPU work (gateway/structured.py): a thread of its own, off the loop.
             chat = await asyncio.to_thread(convert) if carries_schemas(body) else convert()
         prepared = await svc.pipeline.prepare(chat, timer)
@@ -66,7 +67,7 @@ async def completions(
     request_id = request.state.request_id
     with svc.settlement.refusals(request_id, who, "completions", body.model):
         with timer.stage("gateway"):
-            text = text_request(body, request_id, who, svc.policy)
+            text = text_request(body, request_id, who, svc.policy, deadline_of(request.headers.get(DEADLINE_HEADER)))
         prepared = await svc.pipeline.prepare(text, timer)
         shape = TextShape(f"cmpl-{request_id}", text.model, echo=text.raw_prompt if body.echo else "")
         return await respond(svc, prepared, "completions", timer, shape, response, request.receive)

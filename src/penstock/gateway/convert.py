@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import time
+
 from penstock.config import PolicyConfig, RetrievalConfig
 from penstock.errors import InvalidRequest
 from penstock.gateway.principal import principal_of
-from penstock.gateway.schemas import ChatCompletionRequest, CompletionRequest, PenstockOptions, SamplingFields
+from penstock.gateway.schemas import (
+    MAX_DEADLINE_S,
+    ChatCompletionRequest,
+    CompletionRequest,
+    PenstockOptions,
+    SamplingFields,
+)
 from penstock.gateway.structured import check_schema_sizes, message_of, output_grammar, tools_of
 from penstock.router.scopes import check_collections, check_output, check_scopes
 from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
 
+DEADLINE_HEADER = "x-penstock-deadline-ms"
+
 
 def chat_request(
-    body: ChatCompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig, retrieval: RetrievalConfig
+    body: ChatCompletionRequest,
+    request_id: str,
+    caller: Caller,
+    policy: PolicyConfig,
+    retrieval: RetrievalConfig,
+    deadline: float | None = None,
 ) -> ChatRequest:
+    """`deadline`: the one the request's header set, if any (the body's `penstock.timeout` is checked here)."""
     if len(body.messages) > policy.max_messages:
         raise InvalidRequest(f"at most {policy.max_messages} messages are accepted", param="messages")
     if body.top_logprobs and not body.logprobs:
@@ -35,6 +51,7 @@ def chat_request(
         tools=tools,
         tool_choice=tool_choice,
         retrieval=retrieval_options(body.penstock or PenstockOptions(), caller, retrieval),
+        deadline=deadline if body.penstock is None or body.penstock.timeout is None else arrived(body.penstock.timeout),
     )
 
 
@@ -53,7 +70,29 @@ def retrieval_options(options: PenstockOptions, caller: Caller, defaults: Retrie
     )
 
 
-def text_request(body: CompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig) -> ChatRequest:
+def deadline_of(header: str | None) -> float | None:
+    """The deadline an `x-penstock-deadline-ms` header sets (milliseconds from now), or None without one."""
+    if header is None:
+        return None
+    try:
+        milliseconds = float(header)
+    except ValueError:
+        milliseconds = -1.0
+    if not 0 < milliseconds <= MAX_DEADLINE_S * 1000:  # NaN fails this too
+        raise InvalidRequest(
+            f"{DEADLINE_HEADER} must be a number of milliseconds, above 0 and at most {MAX_DEADLINE_S * 1000:g}",
+            param=DEADLINE_HEADER,
+        )
+    return arrived(milliseconds / 1000)
+
+
+def arrived(timeout_s: float) -> float:
+    return time.monotonic() + timeout_s
+
+
+def text_request(
+    body: CompletionRequest, request_id: str, caller: Caller, policy: PolicyConfig, deadline: float | None = None
+) -> ChatRequest:
     text = body.prompt_text()
     if text is None:
         raise InvalidRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
@@ -71,6 +110,7 @@ def text_request(body: CompletionRequest, request_id: str, caller: Caller, polic
         include_usage=body.include_usage,
         raw_prompt=text,
         priority=body.priority,
+        deadline=deadline,
     )
 
 

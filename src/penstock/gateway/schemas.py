@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_DEADLINE_S = 3600.0  # a request's own deadline: an hour at most
+
 
 class TextPart(BaseModel):
     type: Literal["text"]
@@ -127,7 +129,7 @@ class ResponseFormat(BaseModel):
 
 
 class PenstockOptions(BaseModel):
-    """Penstock's own request options (`extra_body={"penstock": {...}}` in the SDK): retrieval."""
+    """Penstock's own request options (`extra_body={"penstock": {...}}` in the SDK): retrieval, a deadline."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -137,6 +139,7 @@ class PenstockOptions(BaseModel):
     rerank: bool | None = None
     user: str | None = None  # the end user whose documents may be read (see gateway.principal)
     groups: list[str] | None = None
+    timeout: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)  # seconds from arrival to the last token
 
 
 class ChatCompletionRequest(SamplingFields):
