@@ -148,6 +148,8 @@ class DeploymentConfig(BaseModel):
     input_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # inf would make a NaN cost
     output_cost_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    # A request's deadline, in seconds from its arrival, when it sets none itself (None: no deadline).
+    deadline_s: float | None = Field(default=None, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _weights_fit_determinism(self) -> DeploymentConfig:

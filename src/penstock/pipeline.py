@@ -22,6 +22,7 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Protocol
 
+from penstock.config import DeploymentConfig
 from penstock.context.builder import ContextBuilder
 from penstock.errors import DeadlineExceeded, DependencyUnavailable, InvalidRequest, UpstreamFailed
 from penstock.observability.settlement import Settlement
@@ -65,14 +66,17 @@ class Pipeline:
         ladder: Ladder,
         admission: Admission,
         settlement: Settlement,
+        configs: Mapping[str, DeploymentConfig],
         retriever: Retrieve | None = None,
     ) -> None:
+        """`configs`: the deployments' configuration as the control plane has it now (default deadlines)."""
         self._router = router
         self._builder = builder
         self._deployments = deployments
         self.ladder = ladder
         self._admission = admission
         self._settlement = settlement
+        self._configs = configs
         self._retriever = retriever
 
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
@@ -89,6 +93,9 @@ class Pipeline:
             if deployment is not counting:  # another tokenizer, window or grammar support: fitted again
                 prompt, fitted = self._builder.build(request, deployment.codec, retrieval)
                 await _checked_grammar(deployment, fitted)
+        config = self._configs.get(decision.deployment)
+        if fitted.deadline is None and config is not None and config.deadline_s is not None:
+            fitted = replace(fitted, deadline=time.monotonic() - timer.total() + config.deadline_s)  # from arrival
         return Prepared(fitted, decision, prompt, retrieval, request)
 
     async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:

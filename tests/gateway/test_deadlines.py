@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from penstock.app import build_app
-from penstock.config import Settings
+from penstock.config import DeploymentConfig, Settings
 from penstock.engine.async_engine import AsyncEngine
 from penstock.engine.llm_engine import EngineConfig
 from penstock.engine.scheduler import SchedulerConfig
@@ -34,7 +34,12 @@ def engine(gguf_path: Path) -> Iterator[AsyncEngine]:
 
 @pytest.fixture
 async def client(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(Settings(home=tmp_path), {MODEL: ServedModel(engine)}, with_database=False)
+    async for client in serving(engine, Settings(home=tmp_path)):
+        yield client
+
+
+async def serving(engine: AsyncEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(settings, {MODEL: ServedModel(engine)}, with_database=False)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -85,3 +90,15 @@ async def test_a_malformed_deadline_is_a_400(client: httpx.AsyncClient, given: s
         "/v1/chat/completions", json={**LONG, "max_tokens": 2}, headers={"x-penstock-deadline-ms": given}
     )
     assert assert_openai_error(response, 400, param="x-penstock-deadline-ms")
+
+
+async def test_a_deployment_sets_the_deadline_of_requests_that_set_none(engine: AsyncEngine, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, deployments=[DeploymentConfig(name=MODEL, deadline_s=0.5)])
+    async for client in serving(engine, settings):
+        cut = await client.post("/v1/chat/completions", json={**LONG, "max_tokens": 2000})
+        own = await client.post(
+            "/v1/chat/completions", json={**LONG, "max_tokens": 40}, headers={"x-penstock-deadline-ms": "60000"}
+        )
+    assert assert_openai_error(cut, 504)["code"] == "deadline_exceeded"  # whole: the deadline passed generating
+    assert own.status_code == 200  # the request's own deadline stands over the deployment's
+    assert await all_blocks_free(engine)
