@@ -1,5 +1,6 @@
 """The router's state as Prometheus series, read at scrape time from the objects that hold it: each remote
-replica's breaker, load and calls, the retry budget's refusals, and the decisions routes made, by reason."""
+replica's breaker, load and calls, the retry budget's refusals, the adaptive throttle's, and the decisions
+routes made, by reason."""
 
 from __future__ import annotations
 
@@ -56,9 +57,15 @@ class RouterCollector(Collector):
             " (right when asked again), invalid",
             labels=["deployment", "outcome"],
         )
+        throttled = CounterMetricFamily(
+            "penstock_upstream_throttled",
+            "Requests kept back from a deployment that refuses most of its load (adaptive throttling)",
+            labels=["deployment"],
+        )
         for deployment in self._fleet.remote:
             for outcome, count in deployment.schema_outcomes.items():
                 checked.add_metric([deployment.name, outcome], count)
+            throttled.add_metric([deployment.name], deployment.throttle.refused)
         refused = CounterMetricFamily("penstock_retries_refused", "Retries the retry budget did not allow")
         refused.add_metric([], self._ladder.budget.refused)
-        yield from (state, in_flight, healthy, calls, failures, opened, decisions, checked, refused)
+        yield from (state, in_flight, healthy, calls, failures, opened, decisions, checked, throttled, refused)

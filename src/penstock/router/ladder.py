@@ -20,10 +20,12 @@ from penstock.router.retry_budget import RetryBudget
 from penstock.router.upstream import Embedded
 from penstock.types import ChatRequest, Prompt, RouteDecision, TokenEvent
 
-# Failures of the connection itself: the replica is gone (refused, or reset as a killed process's are), so
-# the request did no work there. Sending it to a sibling replica is failover, not a retry that adds load,
-# and spends no retry budget; a retry after an answer (5xx, 429, a timeout, bad SSE) or onto another rung does.
+# Failures that cost the upstream no work: the connection itself failed (refused, or reset as a killed
+# process's are), or the adaptive throttle kept the request here (router/throttle.py). Trying the next
+# target after one is failover, not a retry that adds load, and spends no retry budget; a retry after an
+# answer (5xx, 429, a timeout, bad SSE) does.
 CONNECTION_LOST = frozenset({"connect", "dropped"})
+NO_WORK_DONE = CONNECTION_LOST | {"throttled"}
 
 # A fallback rung's own prompt (its tokenizer and window may differ), or None where it does not fit.
 Fit = Callable[[str], tuple[Prompt, ChatRequest] | None]
@@ -60,6 +62,7 @@ class Ladder:
             self.budget.request()
         failures: list[str] = []
         attempts = 0
+        free = False  # the last attempt cost its upstream nothing: the next spends no budget
         for rung, name in enumerate((decision.deployment, *decision.fallbacks)):
             deployment = self._deployments[name]
             sent = (prompt, request) if rung == 0 else fit(name)
@@ -68,12 +71,11 @@ class Ladder:
                 continue
             tried: set[str] = {broken} if broken is not None else set()
             reached = False
-            gone = False  # the last target failed at the connection: its sibling takes over, no retry spent
             while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
                 target, _how = choice
                 tried.add(target.name)
                 reached = True
-                if attempts and not gone and not await self._may_retry(attempts):
+                if attempts and not free and not await self._may_retry(attempts):
                     raise _exhausted(decision.model, [*failures, "retry_budget"])
                 attempts += 1
                 events = deployment.stream(target, *sent)
@@ -83,7 +85,9 @@ class Ladder:
                     if not exc.retryable:
                         raise
                     failures.append(f"{name}:{exc.kind}")
-                    gone = exc.kind in CONNECTION_LOST
+                    free = exc.kind in NO_WORK_DONE
+                    if exc.kind == "throttled":  # the whole deployment is: on to the next rung
+                        break
                     continue
                 served = RouteDecision(name, decision.model, _reason(decision.reason, failures), ())
                 self.decisions[decision.model, name, reason_kind(served.reason)] += 1
@@ -99,10 +103,10 @@ class Ladder:
         self.budget.request()
         failures: list[str] = []
         tried: set[str] = set()
-        gone = False
+        free = False
         while (choice := deployment.replicas.pick(None, frozenset(tried))) is not None:
             replica, _how = choice
-            if tried and not gone and not await self._may_retry(len(tried)):
+            if tried and not free and not await self._may_retry(len(tried)):
                 failures.append("retry_budget")
                 break
             tried.add(replica.name)
@@ -112,13 +116,15 @@ class Ladder:
                 if not exc.retryable:
                     raise
                 failures.append(f"{deployment.name}:{exc.kind}")
-                gone = exc.kind in CONNECTION_LOST
+                if exc.kind == "throttled":
+                    break
+                free = exc.kind in NO_WORK_DONE
         raise _exhausted(deployment.name, failures or [f"{deployment.name}:unavailable"])
 
     def may_restart(self, failure: UpstreamFailed) -> bool:
         """Whether an answer that broke part way may begin again elsewhere: a failure of the upstream's, and a
         lost connection (free) or a retry the budget allows."""
-        return failure.retryable and (failure.kind in CONNECTION_LOST or self.budget.try_spend())
+        return failure.retryable and (failure.kind in NO_WORK_DONE or self.budget.try_spend())
 
     async def _may_retry(self, attempts: int) -> bool:
         if not self.budget.try_spend():

@@ -28,6 +28,7 @@ from penstock.router.schema_check import (
     with_schema,
     with_tools,
 )
+from penstock.router.throttle import AdaptiveThrottle
 from penstock.router.upstream import (
     Embedded,
     StreamReader,
@@ -52,6 +53,7 @@ class RemoteDeployment:
         self.codec = codec
         self.config = config
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
+        self.throttle = AdaptiveThrottle()  # this gateway's view of how much the upstream accepts
         self.schema_outcomes: Counter[str] = Counter()  # valid, repaired, invalid (structured_output: validate)
         self._client = client
         self.upstream_model = config.model or name  # what the upstream is asked for
@@ -122,6 +124,7 @@ class RemoteDeployment:
         body: dict[str, object] = {"model": self.upstream_model, "input": list(texts), "encoding_format": "float"}
         if dimensions is not None:
             body["dimensions"] = dimensions
+        self._throttled()
         _begun(replica)
         started, verdict = time.monotonic(), "abandoned"
         deadline = asyncio.get_running_loop().time() + self.config.timeouts.total_s
@@ -133,6 +136,7 @@ class RemoteDeployment:
                 finally:
                     response.release()
             embedded = embeddings_of(self.name, raw, len(texts))
+            self.throttle.accepted()
             verdict = "ok"
             return embedded
         except UpstreamFailed:
@@ -143,6 +147,7 @@ class RemoteDeployment:
 
     async def _counted(self, replica: Replica, prompt: Prompt, request: ChatRequest) -> AsyncIterator[TokenEvent]:
         """One call to the replica, with its load and its breaker's verdict kept."""
+        self._throttled()
         _begun(replica)
         started, verdict, first_token_s = time.monotonic(), "abandoned", 0.0
         try:
@@ -150,10 +155,14 @@ class RemoteDeployment:
                 if verdict == "abandoned":
                     verdict = "streaming"
                     first_token_s = time.monotonic() - started
+                    self.throttle.accepted()
                 yield event
             verdict = "ok"
         except UpstreamFailed:
             verdict = "failed"
+            raise
+        except InvalidRequest:  # the client's mistake, which the upstream took and answered
+            self.throttle.accepted()
             raise
         finally:
             _ended(replica, verdict, first_token_s)
@@ -196,6 +205,13 @@ class RemoteDeployment:
         finally:
             response.release()
         raise status_failure(self.name, response.status, detail)
+
+    def _throttled(self) -> None:
+        """Refuse here, before any connection, what the adaptive throttle keeps from a refusing upstream."""
+        if not self.throttle.allow():
+            raise UpstreamFailed(
+                f"deployment {self.name} is refusing most requests; this one was kept back", kind="throttled"
+            )
 
     def _count(self, text: str) -> int:
         return len(self.codec.encode(text)) if text else 0
