@@ -139,8 +139,10 @@ async def reports_refusals_drops_and_deadlines() -> None:
             await response.readline()  # "data:" came, and its line never ended
         response.release()
 
+        released = asyncio.Event()
+
         async def silent(writer: asyncio.StreamWriter) -> None:
-            await asyncio.sleep(5)
+            await released.wait()  # no answer until the test is done with this request
 
         server.answer = silent
         loop = asyncio.get_running_loop()
@@ -148,6 +150,7 @@ async def reports_refusals_drops_and_deadlines() -> None:
         with pytest.raises(TimeoutError):
             await client.request("POST", server.url + "/x", b"{}", deadline=loop.time() + 0.2)
         assert loop.time() - started < 1.0
+        released.set()
     client.close()
 
 
