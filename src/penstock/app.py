@@ -304,9 +304,7 @@ def _services(
         state.review,
         request_logs=observers.request_logs,
     )
-    pipeline = Pipeline(
-        control.router, builder, fleet.deployments, ladder, admission, settlement, control.configs, retriever
-    )
+    pipeline = Pipeline(control.router, builder, ladder, admission, settlement, control.configs, retriever)
     return Services(
         auth=Authenticator(settings.admin_key, state.key_cache, settings.observability.metrics_token),
         policy=settings.policy,

@@ -117,6 +117,21 @@ class UpstreamConfig(BaseModel):
         return [url.rstrip("/") for url in urls]
 
 
+class QueueConfig(BaseModel):
+    """Admission in front of a deployment (router/deployment_queue.py): at most `concurrency` requests at it at
+    once, the rest waiting in tiers (interactive before batch), at most `max_size` of them and for at most
+    `max_wait_s`; a request whose estimated wait is longer than that (or than its deadline) is refused at once
+    with a 429 and a Retry-After. enabled false: every request goes straight to the deployment (whose engine
+    queues without bound)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    concurrency: int | None = Field(default=None, ge=1)  # None: the engine's max_num_seqs, or the replicas' sum
+    max_size: int = Field(default=256, ge=0)
+    max_wait_s: float = Field(default=10.0, gt=0, le=3600)
+
+
 class DeploymentConfig(BaseModel):
     """A servable model: what clients name in `model`, and what serves it.
 
@@ -150,6 +165,16 @@ class DeploymentConfig(BaseModel):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     # A request's deadline, in seconds from its arrival, when it sets none itself (None: no deadline).
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests the deployment serves at once: its queue's setting, else what its engine or replicas take."""
+        if self.queue.concurrency is not None:
+            return self.queue.concurrency
+        if self.upstream is not None:
+            return self.upstream.max_concurrency * len(self.upstream.urls)
+        return self.engine.max_num_seqs
 
     @model_validator(mode="after")
     def _weights_fit_determinism(self) -> DeploymentConfig:

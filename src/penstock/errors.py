@@ -14,7 +14,8 @@ PenstockError                      500 server_error
 ├── Conflict                       409 invalid_request_error / conflict
 ├── ClientDisconnected             499 client_disconnected (never sent: the client is gone; the ledger's status)
 ├── RateLimited                    429 rate_limit_error (+ Retry-After, x-ratelimit-*)
-│   └── QuotaExceeded              429 insufficient_quota / insufficient_quota
+│   ├── QuotaExceeded              429 insufficient_quota / insufficient_quota
+│   └── Overloaded                 429 rate_limit_error / overloaded (a deployment's queue cannot take it in time)
 ├── UpstreamFailed                 502 server_error / upstream_error (an engine behind the router failed)
 ├── DependencyUnavailable          503 service_unavailable
 │   └── NoDeploymentAvailable      503 service_unavailable / no_deployment_available (+ Retry-After)
@@ -141,6 +142,17 @@ class QuotaExceeded(RateLimited):
 
     type = "insufficient_quota"
     default_code = "insufficient_quota"
+
+
+class Overloaded(RateLimited):
+    """A deployment's queue is full, or the request would not start within its wait limit or deadline: refused
+    as it arrives, Retry-After the estimated time until it could start."""
+
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float, reason: str) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.reason = reason  # full, wait, shed or timeout: the metric's label
 
 
 class DependencyUnavailable(PenstockError):

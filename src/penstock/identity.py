@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +35,9 @@ class TenantLimits(RateLimits):
     monthly_tokens: int | None = Field(default=None, gt=0)
     daily_cost: float | None = Field(default=None, gt=0)
     monthly_cost: float | None = Field(default=None, gt=0)
+    # The highest tier its requests run at: batch puts all of them behind interactive work, and among the
+    # first shed under overload (router/deployment_queue.py), whatever a request asks for.
+    max_priority: Literal["interactive", "batch"] = "interactive"
 
 
 class KeyScopes(BaseModel):

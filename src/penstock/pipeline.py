@@ -62,7 +62,6 @@ class Pipeline:
         self,
         router: Router,
         builder: ContextBuilder,
-        deployments: Mapping[str, Deployment],
         ladder: Ladder,
         admission: Admission,
         settlement: Settlement,
@@ -72,7 +71,7 @@ class Pipeline:
         """`configs`: the deployments' configuration as the control plane has it now (default deadlines)."""
         self._router = router
         self._builder = builder
-        self._deployments = deployments
+        self._deployments = ladder.deployments
         self.ladder = ladder
         self._admission = admission
         self._settlement = settlement

@@ -48,11 +48,13 @@ def create_tenant(
     monthly_tokens: int | None = typer.Option(None, min=1, help="Token budget per calendar month."),
     daily_cost: float | None = typer.Option(None, min=0, help="Cost budget per UTC day."),
     monthly_cost: float | None = typer.Option(None, min=0, help="Cost budget per calendar month."),
+    batch: bool = typer.Option(False, help="Every request runs in the batch tier: behind people, shed first."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Create a tenant."""
     limits = dict(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, daily_tokens=daily_tokens)
     limits |= dict(monthly_tokens=monthly_tokens, daily_cost=daily_cost, monthly_cost=monthly_cost)
+    limits |= dict(max_priority="batch" if batch else "interactive")
     tenant = _valid(lambda: Tenant(id=tenant_id, name=name, limits=TenantLimits(**limits)))
     created = run_on_store(config, lambda store: store.create_tenant(tenant))
     typer.echo(created.id)

@@ -16,7 +16,7 @@ from penstock.gateway.schemas import (
 )
 from penstock.gateway.structured import check_schema_sizes, message_of, output_grammar, tools_of
 from penstock.router.scopes import check_collections, check_output, check_scopes
-from penstock.types import Caller, ChatRequest, RetrievalOptions, SamplingParams
+from penstock.types import Caller, ChatRequest, RequestPriority, RetrievalOptions, SamplingParams
 
 DEADLINE_HEADER = "x-penstock-deadline-ms"
 
@@ -47,12 +47,17 @@ def chat_request(
         caller=caller,
         stream=body.stream,
         include_usage=body.include_usage,
-        priority=body.priority,
+        priority=priority_of(body.priority, caller),
         tools=tools,
         tool_choice=tool_choice,
         retrieval=retrieval_options(body.penstock or PenstockOptions(), caller, retrieval),
         deadline=deadline if body.penstock is None or body.penstock.timeout is None else arrived(body.penstock.timeout),
     )
+
+
+def priority_of(asked: RequestPriority, caller: Caller) -> RequestPriority:
+    """The tier a request runs at: what it asks for, within its tenant's highest."""
+    return "batch" if caller.tenant_limits.max_priority == "batch" else asked
 
 
 def retrieval_options(options: PenstockOptions, caller: Caller, defaults: RetrievalConfig) -> RetrievalOptions | None:
@@ -109,7 +114,7 @@ def text_request(
         stream=body.stream,
         include_usage=body.include_usage,
         raw_prompt=text,
-        priority=body.priority,
+        priority=priority_of(body.priority, caller),
         deadline=deadline,
     )
 

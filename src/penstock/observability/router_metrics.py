@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from penstock.router.breaker import BreakerState
+from penstock.router.deployment_queue import TIERS
 from penstock.router.fleet import Fleet
 from penstock.router.ladder import Ladder
 from penstock.store.urls import mask_password
@@ -69,3 +70,32 @@ class RouterCollector(Collector):
         refused = CounterMetricFamily("penstock_retries_refused", "Retries the retry budget did not allow")
         refused.add_metric([], self._ladder.budget.refused)
         yield from (state, in_flight, healthy, calls, failures, opened, decisions, checked, throttled, refused)
+        yield from self._queues()
+
+    def _queues(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily(
+            "penstock_queue_running", "Requests holding one of a deployment's slots", labels=["deployment"]
+        )
+        waiting = GaugeMetricFamily(
+            "penstock_queue_waiting", "Requests waiting for a deployment's slot", labels=["deployment", "tier"]
+        )
+        wait = GaugeMetricFamily(
+            "penstock_queue_estimated_wait_seconds",
+            "How long an interactive request arriving now is estimated to wait for a slot",
+            labels=["deployment"],
+        )
+        refused = CounterMetricFamily(
+            "penstock_queue_refused",
+            "Requests a deployment's queue refused (429): full, wait (would not start in time), shed (batch made"
+            " room for interactive), timeout (waited max_wait_s)",
+            labels=["deployment", "reason"],
+        )
+        for name, deployment in self._fleet.deployments.items():
+            queue = deployment.queue
+            running.add_metric([name], queue.running)
+            for tier in TIERS:
+                waiting.add_metric([name, tier], queue.waiting(tier))
+            wait.add_metric([name], queue.estimate(TIERS["interactive"]))
+            for reason, count in queue.refused.items():
+                refused.add_metric([name, reason], count)
+        yield from (running, waiting, wait, refused)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from penstock.router.deployment_queue import DeploymentQueue
 from penstock.types import ChatRequest, Grammar, Message, Prompt, RequestPriority, SamplingParams, TokenEvent
 
 
@@ -41,6 +42,7 @@ class Target(Protocol):
 class Deployment(Protocol):
     name: str
     native_tools: bool  # it returns tool calls parsed (a remote engine), else the pipeline reads them from text
+    queue: DeploymentQueue  # where requests wait for it (the ladder enters it before choosing a target)
 
     @property
     def codec(self) -> Codec: ...
@@ -69,9 +71,10 @@ class EngineDeployment:
 
     native_tools = False
 
-    def __init__(self, name: str, model: Model) -> None:
+    def __init__(self, name: str, model: Model, queue: DeploymentQueue) -> None:
         self.name = name
         self.codec = model
+        self.queue = queue
         self._in_flight = 0
 
     def in_flight(self) -> int:

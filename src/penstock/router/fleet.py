@@ -17,6 +17,7 @@ from pathlib import Path
 from penstock.config import DeploymentConfig
 from penstock.engine.served import ChatCodec, prompt_codec
 from penstock.errors import ConfigError
+from penstock.router.deployment_queue import DeploymentQueue
 from penstock.router.deployments import Deployment, EngineDeployment, Model
 from penstock.router.health import HealthChecker
 from penstock.router.http_client import HttpClient
@@ -28,7 +29,9 @@ KEEPALIVE_S = 30.0
 
 class Fleet:
     def __init__(self, engines: Mapping[str, Model], client: HttpClient) -> None:
-        self.deployments: dict[str, Deployment] = {n: EngineDeployment(n, m) for n, m in engines.items()}
+        self.deployments: dict[str, Deployment] = {
+            n: EngineDeployment(n, m, queue_for(DeploymentConfig(name=n))) for n, m in engines.items()
+        }
         self._client = client
         self._checker = HealthChecker(client)
         self._configs: dict[str, DeploymentConfig] = {}
@@ -44,13 +47,20 @@ class Fleet:
         return tuple(d for d in self.deployments.values() if isinstance(d, RemoteDeployment))
 
     def load(self, name: str) -> int:
-        """A deployment's requests in flight (what a route's overflow marks compare with)."""
+        """A deployment's requests served or waiting (what a route's overflow marks compare with)."""
         deployment = self.deployments.get(name)
-        return deployment.in_flight() if deployment is not None else 0
+        return deployment.queue.load if deployment is not None else 0
 
     async def apply(self, configs: Iterable[DeploymentConfig]) -> None:
         """The remote deployments as `configs` have them: new ones made, changed ones remade, others dropped
-        (engine deployments are loaded at start and stay). Raises ConfigError for an unset upstream key."""
+        (engine deployments are loaded at start and stay; their queues follow their configuration). Raises
+        ConfigError for an unset upstream key."""
+        configs = list(configs)
+        for config in configs:
+            engine = self.deployments.get(config.name)
+            queue = (config.queue, config.concurrency)
+            if isinstance(engine, EngineDeployment) and (engine.queue.config, engine.queue.concurrency) != queue:
+                engine.queue = queue_for(config)  # requests already in line finish in the old one
         wanted = {c.name: c for c in configs if c.backend == "openai"}
         changed = [c for name, c in wanted.items() if self._configs.get(name) != c]
         keys = {c.name: _api_key(c) for c in changed}
@@ -61,7 +71,8 @@ class Fleet:
         for config in changed:
             upstream = config.upstream
             assert upstream is not None  # backend openai has one (DeploymentConfig's validator)
-            deployment = RemoteDeployment(config.name, upstream, codecs[config.name], self._client, keys[config.name])
+            codec, key = codecs[config.name], keys[config.name]
+            deployment = RemoteDeployment(config.name, upstream, codec, self._client, key, queue_for(config))
             self.deployments[config.name] = deployment
             self._checker.watch(deployment)
         self._configs = wanted
@@ -77,6 +88,10 @@ class Fleet:
         finally:
             await fleet._checker.stop()
             client.close()
+
+
+def queue_for(config: DeploymentConfig) -> DeploymentQueue:
+    return DeploymentQueue(config.name, config.queue, config.concurrency)
 
 
 def _api_key(config: DeploymentConfig) -> str | None:

@@ -148,9 +148,15 @@ class HttpClient:
 class Response:
     def __init__(self, connection: _Connection, client: HttpClient) -> None:
         self.status = connection.status
+        self.headers = connection.headers  # (lower-cased name, value), as they came
         self._connection = connection
         self._client = client
         self._released = False
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, if it came."""
+        wanted = name.lower().encode("latin-1")
+        return next((v.decode("latin-1") for n, v in self.headers if n == wanted), None)
 
     async def readline(self, deadline: float | None = None) -> bytes:
         """The next line, its newline kept; b"" once the body is over. TimeoutError past `deadline`."""
@@ -208,6 +214,7 @@ class _Connection(asyncio.Protocol):
     def _begin(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.complete = False
         self.received = False
@@ -299,7 +306,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools' callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        self.headers.append((name, value))
+        if name in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:

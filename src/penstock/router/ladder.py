@@ -10,10 +10,11 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from penstock.config import RouterConfig
-from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, PenstockError, UpstreamFailed
+from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, Overloaded, PenstockError, UpstreamFailed
+from penstock.router.deployment_queue import Slot
 from penstock.router.deployments import Deployment
 from penstock.router.remote import RemoteDeployment
 from penstock.router.retry_budget import RetryBudget
@@ -47,7 +48,7 @@ class Ladder:
     def __init__(
         self, deployments: Mapping[str, Deployment], config: RouterConfig, rng: random.Random | None = None
     ) -> None:
-        self._deployments = deployments
+        self.deployments = deployments  # live: the control plane's changes apply to the next request
         self._config = config
         self.budget = RetryBudget(config)
         self._rng = rng or random.Random()
@@ -60,41 +61,68 @@ class Ladder:
         begins again elsewhere (earning the budget nothing: it was counted the first time)."""
         if broken is None:
             self.budget.request()
-        failures: list[str] = []
-        attempts = 0
-        free = False  # the last attempt cost its upstream nothing: the next spends no budget
+        tally = _Tally()
         for rung, name in enumerate((decision.deployment, *decision.fallbacks)):
-            deployment = self._deployments[name]
+            deployment = self.deployments[name]
             sent = (prompt, request) if rung == 0 else fit(name)
             if sent is None:
-                failures.append(f"{name}:too_long")
+                tally.failures.append(f"{name}:too_long")
                 continue
-            tried: set[str] = {broken} if broken is not None else set()
-            reached = False
-            while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
-                target, _how = choice
-                tried.add(target.name)
-                reached = True
-                if attempts and not free and not await self._may_retry(attempts):
-                    raise _exhausted(decision.model, [*failures, "retry_budget"])
-                attempts += 1
-                events = deployment.stream(target, *sent)
-                try:
-                    first = await anext(events)
-                except UpstreamFailed as exc:
-                    if not exc.retryable:
-                        raise
-                    failures.append(f"{name}:{exc.kind}")
-                    free = exc.kind in NO_WORK_DONE
-                    if exc.kind == "throttled":  # the whole deployment is: on to the next rung
-                        break
-                    continue
-                served = RouteDecision(name, decision.model, _reason(decision.reason, failures), ())
-                self.decisions[decision.model, name, reason_kind(served.reason)] += 1
-                return Started(served, *sent, _from(first, events), target.name, deployment.native_tools)
-            if not reached:
-                failures.append(f"{name}:unavailable")
-        raise _exhausted(decision.model, failures)
+            try:  # a place in its queue first: a rung that cannot take the request in time is passed over
+                slot = await deployment.queue.enter(len(sent[0].token_ids), sent[1])
+            except Overloaded as refusal:
+                tally.failures.append(f"{name}:overloaded")
+                tally.refusals.append(refusal)
+                tally.free = True
+                continue
+            try:
+                started = await self._on(deployment, sent, decision, tally, slot, broken)
+            except BaseException:
+                slot.release()
+                raise
+            if started is not None:
+                return started
+            slot.release()
+        raise _exhausted(decision.model, tally)
+
+    async def _on(
+        self,
+        deployment: Deployment,
+        sent: tuple[Prompt, ChatRequest],
+        decision: RouteDecision,
+        tally: _Tally,
+        slot: Slot,
+        broken: str | None,
+    ) -> Started | None:
+        """The answer begun by one of the deployment's targets, or None when none could begin it."""
+        name = deployment.name
+        tried: set[str] = {broken} if broken is not None else set()
+        reached = False
+        while (choice := deployment.choose(sent[0], frozenset(tried))) is not None:
+            target, _how = choice
+            tried.add(target.name)
+            reached = True
+            if tally.attempts and not tally.free and not await self._may_retry(tally.attempts):
+                raise _exhausted(decision.model, tally, "retry_budget")
+            tally.attempts += 1
+            events = deployment.stream(target, *sent)
+            try:
+                first = await anext(events)
+            except UpstreamFailed as exc:
+                if not exc.retryable:
+                    raise
+                tally.failures.append(f"{name}:{exc.kind}")
+                tally.free = exc.kind in NO_WORK_DONE
+                if exc.kind == "throttled":  # the whole deployment is: on to the next rung
+                    return None
+                continue
+            slot.observe(first)
+            served = RouteDecision(name, decision.model, _reason(decision.reason, tally.failures), ())
+            self.decisions[decision.model, name, reason_kind(served.reason)] += 1
+            return Started(served, *sent, _from(first, events, slot), target.name, deployment.native_tools)
+        if not reached:
+            tally.failures.append(f"{name}:unavailable")
+        return None
 
     async def embed(self, deployment: RemoteDeployment, texts: Sequence[str], dimensions: int | None) -> Embedded:
         """Embeddings from one remote deployment, its replicas tried in turn under the same budget. Never a
@@ -119,7 +147,7 @@ class Ladder:
                 if exc.kind == "throttled":
                     break
                 free = exc.kind in NO_WORK_DONE
-        raise _exhausted(deployment.name, failures or [f"{deployment.name}:unavailable"])
+        raise _exhausted(deployment.name, _Tally(failures or [f"{deployment.name}:unavailable"]))
 
     def may_restart(self, failure: UpstreamFailed) -> bool:
         """Whether an answer that broke part way may begin again elsewhere: a failure of the upstream's, and a
@@ -147,18 +175,37 @@ def _reason(chosen: str, failures: list[str]) -> str:
     return f"{chosen},fallback:{'|'.join(failures)}" if failures else chosen
 
 
-def _exhausted(model: str, failures: list[str]) -> PenstockError:
+@dataclass(slots=True)
+class _Tally:
+    """One request's way down the ladder so far."""
+
+    failures: list[str] = field(default_factory=list)  # deployment:kind, in order: the route reason's tail
+    refusals: list[Overloaded] = field(default_factory=list)  # queues that could not take it in time
+    attempts: int = 0  # calls made
+    free: bool = False  # the last one cost its upstream nothing: the next spends no budget
+
+
+def _exhausted(model: str, tally: _Tally, last: str | None = None) -> PenstockError:
+    failures = [*tally.failures, last] if last is not None else tally.failures
     what = ", ".join(failures) or "nothing to try"
     if failures and all(f.endswith(":timeout") for f in failures):
         return DeadlineExceeded(f"no deployment for '{model}' answered in time ({what})", code="upstream_timeout")
+    if len(failures) == 1 and tally.refusals:  # one deployment, one queue: its own words
+        return tally.refusals[0]
+    if tally.refusals:  # some rung will take it once its queue has room: a 429 to retry after that
+        wait, reason = min(r.retry_after_s for r in tally.refusals), tally.refusals[0].reason
+        return Overloaded(f"every deployment for '{model}' is overloaded ({what})", retry_after_s=wait, reason=reason)
     return NoDeploymentAvailable(f"no deployment for '{model}' could answer now ({what})")
 
 
-async def _from(first: TokenEvent, rest: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
-    """The events again from the first, which the ladder already read; closing this closes the call."""
+async def _from(first: TokenEvent, rest: AsyncIterator[TokenEvent], slot: Slot) -> AsyncIterator[TokenEvent]:
+    """The events again from the first, which the ladder already read, each timed for the deployment's
+    queue; closing this closes the call and gives the slot back."""
     try:
         yield first
         async for event in rest:
+            slot.observe(event)
             yield event
     finally:
+        slot.release()
         await rest.aclose()  # type: ignore[attr-defined]

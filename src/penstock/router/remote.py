@@ -17,6 +17,7 @@ import orjson
 from penstock.config import UpstreamConfig
 from penstock.engine.served import ChatCodec
 from penstock.errors import InvalidRequest, UpstreamFailed
+from penstock.router.deployment_queue import DeploymentQueue
 from penstock.router.http_client import ConnectError, Disconnected, HttpClient, Response
 from penstock.router.replicas import Replica, ReplicaSet, affinity_key
 from penstock.router.schema_check import (
@@ -47,10 +48,17 @@ class RemoteDeployment:
     here (the upstream applies its own template to the messages it is sent)."""
 
     def __init__(
-        self, name: str, config: UpstreamConfig, codec: ChatCodec, client: HttpClient, api_key: str | None
+        self,
+        name: str,
+        config: UpstreamConfig,
+        codec: ChatCodec,
+        client: HttpClient,
+        api_key: str | None,
+        queue: DeploymentQueue,
     ) -> None:
         self.name = name
         self.codec = codec
+        self.queue = queue
         self.config = config
         self.replicas = ReplicaSet(config.urls, config.breaker, config.max_concurrency, config.balance_bound)
         self.throttle = AdaptiveThrottle()  # this gateway's view of how much the upstream accepts
