@@ -130,6 +130,9 @@ class QueueConfig(BaseModel):
     concurrency: int | None = Field(default=None, ge=1)  # None: the engine's max_num_seqs, or the replicas' sum
     max_size: int = Field(default=256, ge=0)
     max_wait_s: float = Field(default=10.0, gt=0, le=3600)
+    # The time per output token to keep answers within: fewer slots are open while answers are slower (a CPU
+    # engine's steps slow with every sequence added), more while they are well under it. None: all of them.
+    target_tpot_ms: float | None = Field(default=None, gt=0)
 
 
 class DeploymentConfig(BaseModel):

@@ -9,7 +9,7 @@ import pytest
 
 from penstock.config import QueueConfig
 from penstock.errors import Overloaded
-from penstock.router.deployment_queue import MIN_SAMPLES, DeploymentQueue, Rates, Slot
+from penstock.router.deployment_queue import FIRST_SLOTS, MIN_SAMPLES, DeploymentQueue, Rates, Slot, SlotLimit
 from penstock.types import Caller, ChatRequest, RequestPriority, SamplingParams, TokenEvent
 
 
@@ -111,12 +111,15 @@ async def test_a_request_waits_at_most_max_wait_s() -> None:
 
 def test_rates_are_moving_averages_of_what_was_served() -> None:
     rates = Rates()
-    assert rates.cost(1000, 100) == 0.0  # nothing known: nothing estimated
+    assert rates.cost(1000, SamplingParams(max_tokens=100)) == 0.0  # nothing known: nothing estimated
     for _ in range(MIN_SAMPLES):
         rates.record(200, 51, 0.1, 2.5)  # 2,000 prompt tokens/s, 20 tokens/s after the first
     assert rates.prefill_tps == pytest.approx(2000) and rates.decode_tps == pytest.approx(20)
-    assert rates.cost(400, 100) == pytest.approx(0.2 + 50 / 20)  # output expected as served: 51 tokens
-    assert rates.cost(400, 10) == pytest.approx(0.2 + 9 / 20)  # never more than the request allows
+    assert rates.cost(400, SamplingParams(max_tokens=100)) == pytest.approx(0.2 + 50 / 20)  # as served: 51 tokens
+    assert rates.cost(400, SamplingParams()) == pytest.approx(0.2 + 50 / 20)
+    assert rates.cost(400, SamplingParams(max_tokens=10)) == pytest.approx(0.2 + 9 / 20)  # never more than allowed
+    assert rates.cost(400, SamplingParams(max_tokens=100, ignore_eos=True)) == pytest.approx(0.2 + 99 / 20)
+    assert rates.cost(400, SamplingParams(max_tokens=10, n=2)) == pytest.approx(0.2 + 18 / 20)
     rates.record(200, 1, 0.1, 0.0)  # one token: nothing to time decoding by, not counted
     assert rates.samples == MIN_SAMPLES
 
@@ -199,3 +202,55 @@ async def test_disabled_it_admits_everything_at_once() -> None:
     assert line.running == 5 and line.waiting() == 0
     for slot in slots:
         slot.release()
+
+
+def test_under_a_tpot_target_the_open_slots_follow_the_time_per_token() -> None:
+    limit = SlotLimit(most=16, target_tpot_s=0.1)
+    assert limit.open == FIRST_SLOTS
+    limit.after(0.05, busy=False)
+    assert limit.open == FIRST_SLOTS  # fast, but nobody was kept waiting: no reason to open more
+    for _ in range(20):
+        limit.after(0.05, busy=True)
+    assert limit.open == 16  # never past the concurrency
+    limit.after(0.2, busy=True)
+    assert limit.open == 12  # a fifth fewer ...
+    for _ in range(2):
+        limit.after(0.2, busy=True)
+    assert limit.open == 12  # ... and no further cut until a quarter of the open slots' answers are in
+    limit.after(0.2, busy=True)
+    assert limit.open == 9
+    limit.after(0.09, busy=True)
+    assert limit.open == 9  # under the target, not by the headroom: held
+    assert SlotLimit(most=16, target_tpot_s=None).open == 16
+
+
+async def test_the_queue_opens_slots_as_answers_come_fast_enough() -> None:
+    line = queue(concurrency=8, target_tpot_ms=100)
+    measured(line, prefill_tps=1000, decode_tps=100, output_tokens=11)  # 10 ms a token: well under
+    slots = [await line.enter(10, request()) for _ in range(FIRST_SLOTS)]
+    waiter = asyncio.create_task(line.enter(10, request()))
+    await waiting(line, 1)
+    slots[0].release()  # (timed as an answer that never began: it leaves the rates alone)
+    slots[1].first = slots[1].began
+    slots[1].tokens = 2
+    slots[1].release()  # fast, with someone waiting: one more slot
+    assert line.limit.open == FIRST_SLOTS + 1
+    (await waiter).release()
+    for slot in slots[2:]:
+        slot.release()
+
+
+async def test_the_estimate_is_calibrated_by_the_waits_that_came_true() -> None:
+    line = queue(concurrency=1, max_wait_s=5)
+    measured(line, prefill_tps=1000, decode_tps=100, output_tokens=11)  # 0.2 s a request, as estimated
+    held = await line.enter(100, request())
+    for _ in range(MIN_SAMPLES):  # each waits about twice what was estimated for it
+        estimated = line.estimate(0)
+        waiter = asyncio.create_task(line.enter(100, request()))
+        await waiting(line, 1)
+        await asyncio.sleep(2 * estimated)
+        held.release()
+        held = await waiter
+    assert line.calibration == pytest.approx(2, rel=0.3)
+    assert line.estimate(0) == pytest.approx(line.calibration * line._played_out(0), rel=0.05)
+    held.release()

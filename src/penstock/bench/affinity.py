@@ -85,9 +85,9 @@ def run_affinity_bench(options: AffinityOptions) -> AffinityResult:
     with (
         running_workers(2, worker_config) as workers,
         tempfile.TemporaryDirectory(prefix="penstock-affinity-") as home,
-        running_gateway(Path(home), gateway_config(workers), ADMIN_KEY) as base,
+        running_gateway(Path(home), gateway_config(workers), ADMIN_KEY) as gateway,
     ):
-        return asyncio.run(_run(base, workers, options))
+        return asyncio.run(_run(gateway.base, workers, options))
 
 
 async def _run(base: str, workers: list[WorkerProcess], options: AffinityOptions) -> AffinityResult:

@@ -69,9 +69,9 @@ def run_failover_bench(options: FailoverOptions) -> FailoverResult:
     with (
         running_workers(2) as workers,
         tempfile.TemporaryDirectory(prefix="penstock-failover-") as home,
-        running_gateway(Path(home), gateway_config(workers), ADMIN_KEY) as base,
+        running_gateway(Path(home), gateway_config(workers), ADMIN_KEY) as gateway,
     ):
-        return asyncio.run(_run(base, workers[1], options))
+        return asyncio.run(_run(gateway.base, workers[1], options))
 
 
 async def _run(base: str, victim: WorkerProcess, options: FailoverOptions) -> FailoverResult:

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,15 @@ def running_workers(count: int, config: dict[str, Any] | None = None) -> Iterato
         yield workers
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayProcess:
+    base: str  # http://127.0.0.1:PORT
+    pid: int
+
+
 @contextmanager
-def running_gateway(home: Path, config: dict[str, Any], admin_key: str) -> Iterator[str]:
-    """`penstock serve` with `config` (its own embedded Postgres, the ledger on), as a user runs it; its URL."""
+def running_gateway(home: Path, config: dict[str, Any], admin_key: str) -> Iterator[GatewayProcess]:
+    """`penstock serve` with `config` (its own embedded Postgres, the ledger on), as a user runs it."""
     path = home / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port, log = free_port(), home / "gateway.log"
@@ -91,6 +98,6 @@ def running_gateway(home: Path, config: dict[str, Any], admin_key: str) -> Itera
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, process, log)
-        yield base
+        yield GatewayProcess(base, process.pid)
     finally:
         interrupt(process)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -14,10 +14,14 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from penstock.cli.options import ConfigOption, PhaseBars, err_console, settings_or_exit
+from penstock.config import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
     from penstock.bench.engine import EngineBenchResult
+    from penstock.engine.tokenizer import Tokenizer
 from penstock.observability.logging import configure_logging
+
+DEFAULT_SLO = "ttft_ms=2000,tpot_ms=250"  # what a person reading a streamed answer on this CPU would accept
 
 app = typer.Typer(help="Benchmarks: Penstock against a peer, on this machine.", no_args_is_help=True)
 
@@ -345,3 +349,110 @@ def retrieval(
     )
     Console().print(table)
     typer.echo(f"command: {result.command}")
+
+
+@app.command("serve")
+def serve(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object on stdout; progress on stderr."),
+    url: str | None = typer.Option(None, help="A running server's API base (…/v1); default: start one here."),
+    api_key: str | None = typer.Option(None, envvar="PENSTOCK_API_KEY", help="Its key (with --url)."),
+    model: str = typer.Option(DEFAULT_MODEL_NAME, help="The model to ask for (with --url)."),
+    slo: str = typer.Option(DEFAULT_SLO, help="What a good request meets: ttft_ms=…,tpot_ms=…,e2e_ms=…"),
+    rate: float | None = typer.Option(None, min=0.01, help="Requests/s: the capacity to multiply, not searched."),
+    multiples: str = typer.Option("0.5,1,3,10", help="Rates to run at, as multiples of the capacity."),
+    duration: float = typer.Option(30.0, min=2.0, help="Seconds of arrivals per run."),
+    seed: int = typer.Option(0, help="Seed of the lengths and the arrivals."),
+    dataset: Path | None = typer.Option(None, help='JSONL, one {"prompt": …, "output_tokens": N} a line.'),
+    backend: list[str] = typer.Option(["engine", "worker"], help="Without --url: engine, worker (repeat)."),
+    compare: bool = typer.Option(True, help="Without --url: also run with admission off."),
+) -> None:
+    """Goodput under Poisson load (vLLM's serving benchmark): capacity, then 0.5x, 1x, 3x and 10x of it."""
+    configure_logging("warning")
+    from penstock.bench.serve import ServeBenchOptions, run_serve_bench
+    from penstock.bench.serving import Slo, from_jsonl, sharegpt_like
+
+    try:
+        objectives, times = Slo.parse(slo), tuple(float(m) for m in multiples.split(",") if m.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if any(b not in ("engine", "worker") for b in backend):
+        raise typer.BadParameter("engine or worker", param_hint="--backend")
+    requests = from_jsonl(dataset) if dataset is not None else sharegpt_like(_tokenizer(), 512, seed)
+    options = ServeBenchOptions(
+        objectives,
+        requests,
+        duration,
+        seed,
+        rate,
+        multiples=times,
+        backends=tuple(backend),
+        compare=compare,
+        url=url,
+        api_key=api_key,
+        model=model,
+    )
+    result = run_serve_bench(options, lambda line: err_console.print(line))
+    result["command"] = "penstock bench serve " + " ".join(
+        _serve_flags(url, model, slo, rate, multiples, duration, seed)
+    )
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    Console().print(_serve_table(result))
+    typer.echo(f"command: {result['command']}")
+
+
+def _tokenizer() -> Tokenizer:
+    """The default model's tokenizer (no weights read): it sizes the prompts."""
+    from penstock.engine.loader import read_prompt_side
+    from penstock.engine.locator import locate_chat_model
+
+    return read_prompt_side(locate_chat_model(None)).tokenizer
+
+
+def _serve_flags(
+    url: str | None, model: str, slo: str, rate: float | None, multiples: str, duration: float, seed: int
+) -> list[str]:
+    flags = [f"--url {url} --model {model}"] if url else []
+    flags += [f"--slo {slo}", f"--multiples {multiples}", f"--duration {duration:g}", f"--seed {seed}"]
+    return flags + ([f"--rate {rate:g}"] if rate is not None else []) + ["--json"]
+
+
+def _serve_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"penstock bench serve: SLO {result['slo']}, {result['duration_s']:g} s a run")
+    for column in (
+        "server",
+        "capacity (req/s)",
+        "goodput by multiple (req/s)",
+        "3x / 1x",
+        "10x / 1x",
+        "refusal p99 (ms)",
+        "RSS growth",
+    ):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    sweeps = (
+        {"server": result}
+        if "url" in result
+        else {
+            f"{backend}, admission {mode.removeprefix('admission_')}": sweep
+            for backend in ("engine", "worker")
+            if backend in result
+            for mode, sweep in result[backend].items()
+        }
+    )
+    for name, sweep in sweeps.items():
+        goodput = ", ".join(f"{m} {g:.2f}" for m, g in sweep.get("goodput_rps", {}).items())
+        table.add_row(
+            name,
+            f"{sweep.get('capacity_rps', float('nan')):.2f}",
+            goodput,
+            _ratio(sweep.get("goodput_ratio_3x")),
+            _ratio(sweep.get("goodput_ratio_10x")),
+            _ratio(sweep.get("refusal_p99_ms"), "{:.1f}"),
+            _ratio(sweep.get("rss_growth"), "{:+.1%}"),
+        )
+    return table
+
+
+def _ratio(value: float | None, form: str = "{:.2f}") -> str:
+    return "n/a" if value is None else form.format(value)

@@ -76,6 +76,11 @@ class RouterCollector(Collector):
         running = GaugeMetricFamily(
             "penstock_queue_running", "Requests holding one of a deployment's slots", labels=["deployment"]
         )
+        slots = GaugeMetricFamily(
+            "penstock_queue_open_slots",
+            "A deployment's slots open now (fewer than its concurrency while a TPOT target holds them back)",
+            labels=["deployment"],
+        )
         waiting = GaugeMetricFamily(
             "penstock_queue_waiting", "Requests waiting for a deployment's slot", labels=["deployment", "tier"]
         )
@@ -93,9 +98,10 @@ class RouterCollector(Collector):
         for name, deployment in self._fleet.deployments.items():
             queue = deployment.queue
             running.add_metric([name], queue.running)
+            slots.add_metric([name], queue.limit.open)
             for tier in TIERS:
                 waiting.add_metric([name, tier], queue.waiting(tier))
             wait.add_metric([name], queue.estimate(TIERS["interactive"]))
             for reason, count in queue.refused.items():
                 refused.add_metric([name, reason], count)
-        yield from (running, waiting, wait, refused)
+        yield from (running, slots, waiting, wait, refused)

@@ -6,13 +6,21 @@ A request that could not start in time is refused as it arrives (429, Retry-Afte
 not after waiting for nothing: past capacity a queue without this turns every request into a late one.
 The wait is estimated from the work ahead, in seconds of a slot: a request costs its prompt tokens ÷ the
 measured prefill rate + its expected output tokens ÷ the measured decode rate (both per slot, moving
-averages over this deployment's recent requests). The slots are played out: each running request frees
-its slot when its expected cost has run, each queued request ahead takes the first slot to free, and the
-newcomer starts at the next. Until MIN_SAMPLES requests have been measured nothing is estimated, and only
-the queue's bounds refuse.
+averages over this deployment's recent requests, read when the estimate is made: a slot is slower the
+more share the engine). The slots are played out: each running request frees its slot once the tokens it
+has still to write are written, each queued request ahead takes the first slot to free, and the newcomer
+starts at the next. Until MIN_SAMPLES requests have been measured nothing is estimated, and only
+the queue's bounds refuse. The estimate is then calibrated by what came true: the waits recent requests had
+over the waits estimated for them (one that timed out counts as having waited max_wait_s), at their 95th
+percentile: a request let in is one that 19 in 20 like it started in time, so few wait to be refused.
 
 Batch is shed first: it waits behind every interactive request, whenever that arrived, and a full queue
 makes room for an interactive arrival by refusing its newest batch request.
+
+With a `target_tpot_ms`, fewer slots may be open than `concurrency`: on a CPU every sequence added to a
+batch slows each step, so past the engine's knee more requests at once buy no throughput and only make
+every answer slower. The open slots follow the measured time per output token (TCP's rule: one more after
+an answer that came well under the target while all of them were taken, a fifth fewer while over it).
 """
 
 from __future__ import annotations
@@ -25,11 +33,18 @@ from dataclasses import dataclass, field
 
 from penstock.config import QueueConfig
 from penstock.errors import Overloaded
-from penstock.types import ChatRequest, RequestPriority, TokenEvent
+from penstock.types import ChatRequest, RequestPriority, SamplingParams, TokenEvent
 
 TIERS: dict[RequestPriority, int] = {"interactive": 0, "batch": 1}
 MIN_SAMPLES = 8
 SMOOTHING = 0.2  # each measured request's weight in the moving averages
+FIRST_SLOTS = 4  # open at first under a TPOT target; more as answers show there is room
+HEADROOM = 0.8  # an answer this far under the target opens another slot
+CUT = 0.8  # the open slots kept when over it
+CALIBRATION_BOUNDS = (0.5, 4.0)
+CALIBRATION_SAMPLES = 64  # the recent waits it reads
+CALIBRATION_QUANTILE = 0.95
+OVERDUE_SHARE = 0.1  # a request running past what was expected of it is taken to have this share of it left
 
 
 class Rates:
@@ -45,12 +60,29 @@ class Rates:
     def known(self) -> bool:
         return self.samples >= MIN_SAMPLES
 
-    def cost(self, prompt_tokens: int, max_output: int) -> float:
+    def output(self, sampling: SamplingParams) -> float:
+        """The tokens a request is expected to write: as many as answers have had, within its max_tokens (all of
+        them where the end-of-sequence token cannot stop it), for each of its choices."""
+        cap = sampling.max_tokens
+        each = cap if cap is not None and sampling.ignore_eos else min(cap or 1 << 30, self.output_tokens)
+        return each * sampling.n
+
+    def cost(self, prompt_tokens: int, sampling: SamplingParams) -> float:
         """Seconds of a slot a request is expected to take (0 until the rates are known)."""
         if not self.known:
             return 0.0
-        after_first = max(0.0, min(max_output, self.output_tokens) - 1)  # the first comes with the prefill
+        after_first = max(0.0, self.output(sampling) - sampling.n)  # each choice's first comes with the prefill
         return prompt_tokens / self.prefill_tps + after_first / self.decode_tps
+
+    def left(self, slot: Slot, now: float) -> float:
+        """Seconds a running request is expected still to take: its prefill's rest, or the tokens still to write."""
+        if not self.known:
+            return 0.0
+        if slot.first is None:
+            cost = self.cost(slot.prompt_tokens, slot.sampling)
+            return max(OVERDUE_SHARE * cost, cost - (now - slot.began))
+        expected = self.output(slot.sampling)
+        return max(OVERDUE_SHARE * expected, expected - slot.tokens) / self.decode_tps
 
     def record(self, prompt_tokens: int, output_tokens: int, prefill_s: float, decode_s: float) -> None:
         if output_tokens < 2 or prefill_s <= 0 or decode_s <= 0:
@@ -62,13 +94,35 @@ class Rates:
         self.samples += 1
 
 
+class SlotLimit:
+    """How many slots are open: all, or under a TPOT target the number that keeps answers within it."""
+
+    def __init__(self, most: int, target_tpot_s: float | None) -> None:
+        self.most = most
+        self.target_s = target_tpot_s
+        self.open = most if target_tpot_s is None else min(most, FIRST_SLOTS)
+        self._since_cut = 0
+
+    def after(self, tpot_s: float, busy: bool) -> None:
+        """An answer ended with the deployment's time per token at `tpot_s`; `busy`: every open slot was taken.
+        A cut waits for a quarter of the open slots' answers: one slow round is not counted as several."""
+        if self.target_s is None:
+            return
+        self._since_cut += 1
+        if tpot_s > self.target_s:
+            if self._since_cut >= max(1, self.open // 4):
+                self.open, self._since_cut = max(1, int(self.open * CUT)), 0
+        elif tpot_s < HEADROOM * self.target_s and busy:
+            self.open = min(self.most, self.open + 1)
+
+
 @dataclass(eq=False, slots=True)
 class Slot:
     """A place at the deployment, held until the answer ends; it times the answer for the rates."""
 
     queue: DeploymentQueue | None
-    cost: float
     prompt_tokens: int
+    sampling: SamplingParams
     began: float = field(default_factory=time.monotonic)
     first: float | None = None
     tokens: int = 0
@@ -86,9 +140,11 @@ class Slot:
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
-    cost: float
     prompt_tokens: int
+    sampling: SamplingParams
     granted: asyncio.Future[Slot]
+    estimated: float  # its wait as estimated before calibration
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class DeploymentQueue:
@@ -96,7 +152,11 @@ class DeploymentQueue:
         self.name = name
         self.config = config
         self.concurrency = concurrency
+        target = config.target_tpot_ms / 1000 if config.target_tpot_ms is not None else None
+        self.limit = SlotLimit(concurrency, target)
         self.rates = Rates()
+        self.calibration = 1.0  # waits had ÷ waits estimated, the recent ones' 95th percentile
+        self._ratios: deque[float] = deque(maxlen=CALIBRATION_SAMPLES)
         self.refused: Counter[str] = Counter()  # by reason: full, wait, shed, timeout
         self._running: set[Slot] = set()
         self._waiting: tuple[deque[_Waiter], ...] = tuple(deque() for _ in TIERS)
@@ -117,22 +177,22 @@ class DeploymentQueue:
     async def enter(self, prompt_tokens: int, request: ChatRequest) -> Slot:
         """A slot for the request, now or once one frees; raises Overloaded if it cannot have one in time."""
         sampling = request.sampling
-        cost = self.rates.cost(prompt_tokens, (sampling.max_tokens or 0) * sampling.n)
-        if not self.config.enabled or (len(self._running) < self.concurrency and not self.waiting()):
-            return self._grant(cost, prompt_tokens)
+        if not self.config.enabled or (len(self._running) < self.limit.open and not self.waiting()):
+            return self._grant(prompt_tokens, sampling)
         tier = TIERS[request.priority]
         if self.waiting() >= self.config.max_size and not (tier == 0 and self._shed_batch()):
             raise self._refusal("full", f"its queue holds {self.waiting()} requests", self.estimate(tier))
-        wait = self.estimate(tier)
+        raw = self._played_out(tier)
+        wait = raw * self.calibration
         allowed = self.config.max_wait_s
         if request.deadline is not None:
             allowed = min(allowed, request.deadline - time.monotonic())
         if wait > allowed:
             why = f"the estimated wait of {wait:.1f} s is more than the {allowed:.1f} s allowed"
             raise self._refusal("wait", why, wait)
-        waiter = _Waiter(cost, prompt_tokens, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(prompt_tokens, sampling, asyncio.get_running_loop().create_future(), raw)
         self._waiting[tier].append(waiter)
-        self._admit_waiting()  # (a slot freed by a changed concurrency is taken at once)
+        self._admit_waiting()  # (a slot opened meanwhile is taken at once)
         return await self._wait(waiter, tier)
 
     async def _wait(self, waiter: _Waiter, tier: int) -> Slot:
@@ -141,6 +201,7 @@ class DeploymentQueue:
                 return await asyncio.shield(waiter.granted)
         except TimeoutError:
             self._leave(waiter, tier)
+            self._calibrate(waiter, self.config.max_wait_s)
             limit = f"it waited the {self.config.max_wait_s:g} s allowed"
             raise self._refusal("timeout", limit, self.estimate(tier)) from None
         except asyncio.CancelledError:  # the client left, or its deadline passed
@@ -155,34 +216,53 @@ class DeploymentQueue:
             waiter.granted.result().release()
 
     def estimate(self, tier: int) -> float:
-        """Seconds until a request of `tier` arriving now would start, the slots played out."""
+        """Seconds until a request of `tier` arriving now would start."""
+        return self._played_out(tier) * self.calibration
+
+    def _played_out(self, tier: int) -> float:
+        """The wait the slots played out give, before calibration."""
         now = time.monotonic()
-        frees = [max(0.0, s.cost - (now - s.began)) for s in self._running]
-        frees += [0.0] * max(0, self.concurrency - len(frees))
+        ends = sorted(self.rates.left(slot, now) for slot in self._running)
+        # With fewer slots open than requests running (a cut), the first to end free none: they drop out.
+        frees = ends[max(0, len(ends) - self.limit.open) :] + [0.0] * max(0, self.limit.open - len(ends))
         heapq.heapify(frees)
         for queue in self._waiting[: tier + 1]:
             for waiter in queue:
-                heapq.heapreplace(frees, frees[0] + waiter.cost)
+                heapq.heapreplace(frees, frees[0] + self.rates.cost(waiter.prompt_tokens, waiter.sampling))
         return frees[0]
 
     def released(self, slot: Slot) -> None:
+        busy = len(self._running) >= self.limit.open or self.waiting() > 0
         self._running.discard(slot)
         if slot.first is not None:
             ended = time.monotonic()
             self.rates.record(slot.prompt_tokens, slot.tokens, slot.first - slot.began, ended - slot.first)
+            if self.rates.known:
+                self.limit.after(1 / self.rates.decode_tps, busy)
         self._admit_waiting()
 
     def _admit_waiting(self) -> None:
-        while len(self._running) < self.concurrency:
+        while len(self._running) < self.limit.open:
             queue = next((q for q in self._waiting if q), None)
             if queue is None:
                 return
             waiter = queue.popleft()
             if not waiter.granted.done():
-                waiter.granted.set_result(self._grant(waiter.cost, waiter.prompt_tokens))
+                waiter.granted.set_result(self._grant(waiter.prompt_tokens, waiter.sampling))
+                self._calibrate(waiter, time.monotonic() - waiter.arrived)
 
-    def _grant(self, cost: float, prompt_tokens: int) -> Slot:
-        slot = Slot(self, cost, prompt_tokens)
+    def _calibrate(self, waiter: _Waiter, waited: float) -> None:
+        if waiter.estimated <= 0.01:  # (an estimate near nothing says nothing of the estimator's error)
+            return
+        self._ratios.append(waited / waiter.estimated)
+        if len(self._ratios) >= MIN_SAMPLES:
+            ordered = sorted(self._ratios)
+            ratio = ordered[min(len(ordered) - 1, int(CALIBRATION_QUANTILE * len(ordered)))]
+            low, high = CALIBRATION_BOUNDS
+            self.calibration = min(high, max(low, ratio))
+
+    def _grant(self, prompt_tokens: int, sampling: SamplingParams) -> Slot:
+        slot = Slot(self, prompt_tokens, sampling)
         self._running.add(slot)
         return slot
 
