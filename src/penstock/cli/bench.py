@@ -419,7 +419,8 @@ def _serve_flags(
 
 
 def _serve_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"penstock bench serve: SLO {result['slo']}, {result['duration_s']:g} s a run")
+    slo = ",".join(f"{k}={v:g}" for k, v in result["slo"].items())
+    table = Table(title=f"penstock bench serve: SLO {slo}, {result['duration_s']:g} s a run")
     for column in (
         "server",
         "capacity (req/s)",
