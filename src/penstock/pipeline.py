@@ -1,6 +1,6 @@
 """One request, start to end, in the order it runs:
 
-    prepare  retrieve → build context → route      (everything that can reject it, before any work)
+    prepare  refuse if overloaded → retrieve → build context → route   (everything that can reject it)
     admit    budgets, rate limits (tokens reserved)
     start    the ladder: the first deployment that can begin gives the answer's first event
     complete the rest of the events → post-processing → the whole completion (or the gateway streams them)
@@ -24,12 +24,13 @@ from typing import Protocol
 
 from penstock.config import DeploymentConfig
 from penstock.context.builder import ContextBuilder
-from penstock.errors import DeadlineExceeded, DependencyUnavailable, InvalidRequest, UpstreamFailed
+from penstock.errors import DeadlineExceeded, DependencyUnavailable, InvalidRequest, Overloaded, UpstreamFailed
 from penstock.observability.settlement import Settlement
 from penstock.observability.timing import StageTimer
 from penstock.postprocess.choices import collect_choices
 from penstock.postprocess.tool_calls import ToolCallExtractor
 from penstock.router.admission import Admission
+from penstock.router.deployment_queue import every_refused
 from penstock.router.deployments import Deployment
 from penstock.router.ladder import Fit, Ladder
 from penstock.router.limiter import Ticket
@@ -81,6 +82,7 @@ class Pipeline:
     async def prepare(self, request: ChatRequest, timer: StageTimer) -> Prepared:
         """Everything that can reject the request runs here, before a byte of the answer is sent."""
         counting = self._deployments[self._router.counting_deployment(request)]  # a lookup: raises 404
+        self._refuse_if_overloaded(request)
         async with within(request.deadline, "retrieving passages"):
             retrieval = await self._retrieve(request, timer)
         with timer.stage("context"):
@@ -96,6 +98,23 @@ class Pipeline:
         if fitted.deadline is None and config is not None and config.deadline_s is not None:
             fitted = replace(fitted, deadline=time.monotonic() - timer.total() + config.deadline_s)  # from arrival
         return Prepared(fitted, decision, prompt, retrieval, request)
+
+    def _refuse_if_overloaded(self, request: ChatRequest) -> None:
+        """Refused before any work is done for it (retrieval, the prompt) when every deployment it could go to
+        would refuse it now: under overload most requests are refusals, and each should cost next to nothing.
+        The ladder asks each queue again once the request is prepared."""
+        refusals: dict[str, Overloaded] = {}
+        for name in self._router.candidates(request):
+            try:
+                self._deployments[name].queue.check(request)
+            except Overloaded as refusal:
+                refusals[name] = refusal
+            else:
+                return
+        if len(refusals) == 1:
+            raise next(iter(refusals.values()))
+        if refusals:
+            raise every_refused(request.model, list(refusals.values()), ", ".join(f"{n}:overloaded" for n in refusals))
 
     async def _retrieve(self, request: ChatRequest, timer: StageTimer) -> Retrieval | None:
         options = request.retrieval

@@ -139,7 +139,9 @@ async def test_a_route_passes_an_overloaded_deployment_over_then_refuses_with_re
         again = await client.post("/v1/chat/completions", json=body(ROUTE))
         assert again.headers["x-penstock-route"] == "big; reason=default"
         metrics = (await client.get("/metrics")).text
-    assert 'penstock_queue_refused_total{deployment="big",reason="full"} 2.0' in metrics
+    # Each refusal counted where it was made: big refused the first request when asked before any work and
+    # again in the ladder (small took it), then the last before any work, as small did.
+    assert 'penstock_queue_refused_total{deployment="big",reason="full"} 3.0' in metrics
     assert 'penstock_queue_refused_total{deployment="small",reason="full"} 1.0' in metrics
 
 
@@ -148,3 +150,21 @@ def test_a_tenant_held_to_the_batch_tier_runs_every_request_there() -> None:
     assert priority_of("interactive", batch_tenant) == "batch"
     assert priority_of("interactive", Caller("k", "people")) == "interactive"
     assert priority_of("batch", Caller("k", "people")) == "batch"
+
+
+async def test_a_request_every_deployment_would_refuse_is_refused_before_any_work(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Here the work skipped is retrieval, which this server (no database) could not do: a 503 otherwise."""
+    async with serving(engine, tmp_path, max_size=0) as client:
+        rag = body(penstock={"collections": ["docs"]})
+        assert assert_openai_error(await client.post("/v1/chat/completions", json=rag), 503)
+        held = await hold(client)
+        refused = await client.post("/v1/chat/completions", json=rag)
+        assert assert_openai_error(refused, 429)["code"] == "overloaded" and "retry-after" in refused.headers
+        small = await hold(client, SMALL)
+        refused = await client.post("/v1/chat/completions", json=body(ROUTE, penstock={"collections": ["docs"]}))
+        error = assert_openai_error(refused, 429)
+        assert "every deployment for 'chat' is overloaded (big:overloaded, small:overloaded)" in error["message"]
+        held.release()
+        small.release()

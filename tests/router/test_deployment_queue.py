@@ -254,3 +254,18 @@ async def test_the_estimate_is_calibrated_by_the_waits_that_came_true() -> None:
     assert line.calibration == pytest.approx(2, rel=0.3)
     assert line.estimate(0) == pytest.approx(line.calibration * line._played_out(0), rel=0.05)
     held.release()
+
+
+async def test_check_answers_as_enter_would_without_taking_a_place() -> None:
+    line = queue(max_size=1)
+    assert line.check(request()) == 0.0  # a slot free
+    held = await line.enter(10, request())
+    assert line.check(request()) == 0.0 and line.waiting() == 0  # it would wait: nothing estimated yet
+    batch = asyncio.create_task(line.enter(10, request("batch")))
+    await waiting(line, 1)
+    with pytest.raises(Overloaded, match="queue holds 1"):
+        line.check(request("batch"))  # full, and nothing a batch request could shed
+    line.check(request())  # an interactive one would shed the batch request: not refused
+    assert line.waiting() == 1 and not batch.done()  # and nothing was shed by asking
+    held.release()
+    (await batch).release()

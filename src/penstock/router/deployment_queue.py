@@ -177,10 +177,25 @@ class DeploymentQueue:
     async def enter(self, prompt_tokens: int, request: ChatRequest) -> Slot:
         """A slot for the request, now or once one frees; raises Overloaded if it cannot have one in time."""
         sampling = request.sampling
-        if not self.config.enabled or (len(self._running) < self.limit.open and not self.waiting()):
+        if self._takes_now():
             return self._grant(prompt_tokens, sampling)
+        raw = self.check(request)
         tier = TIERS[request.priority]
-        if self.waiting() >= self.config.max_size and not (tier == 0 and self._shed_batch()):
+        if self.waiting() >= self.config.max_size:
+            self._shed_batch()  # (check found one to shed, or it would have refused)
+        waiter = _Waiter(prompt_tokens, sampling, asyncio.get_running_loop().create_future(), raw)
+        self._waiting[tier].append(waiter)
+        self._admit_waiting()  # (a slot opened meanwhile is taken at once)
+        return await self._wait(waiter, tier)
+
+    def check(self, request: ChatRequest) -> float:
+        """Raise Overloaded if the request would be refused now (its queue full, or its estimated wait past
+        max_wait_s or its deadline); else its estimated wait before calibration. The pipeline asks before any
+        work is done for a request, the queue again as the request enters it."""
+        if self._takes_now():
+            return 0.0
+        tier = TIERS[request.priority]
+        if self.waiting() >= self.config.max_size and not (tier == 0 and self._waiting[TIERS["batch"]]):
             raise self._refusal("full", f"its queue holds {self.waiting()} requests", self.estimate(tier))
         raw = self._played_out(tier)
         wait = raw * self.calibration
@@ -190,10 +205,10 @@ class DeploymentQueue:
         if wait > allowed:
             why = f"the estimated wait of {wait:.1f} s is more than the {allowed:.1f} s allowed"
             raise self._refusal("wait", why, wait)
-        waiter = _Waiter(prompt_tokens, sampling, asyncio.get_running_loop().create_future(), raw)
-        self._waiting[tier].append(waiter)
-        self._admit_waiting()  # (a slot opened meanwhile is taken at once)
-        return await self._wait(waiter, tier)
+        return raw
+
+    def _takes_now(self) -> bool:
+        return not self.config.enabled or (len(self._running) < self.limit.open and not self.waiting())
 
     async def _wait(self, waiter: _Waiter, tier: int) -> Slot:
         try:
@@ -266,17 +281,21 @@ class DeploymentQueue:
         self._running.add(slot)
         return slot
 
-    def _shed_batch(self) -> bool:
-        """Room for an interactive request: the newest waiting batch request refused (False if there is none)."""
-        batch = self._waiting[TIERS["batch"]]
-        if not batch:
-            return False
-        waiter = batch.pop()
+    def _shed_batch(self) -> None:
+        """Room for an interactive request: the newest waiting batch request refused."""
+        waiter = self._waiting[TIERS["batch"]].pop()
         refusal = self._refusal("shed", "an interactive request took its place", self.estimate(TIERS["batch"]))
         waiter.granted.set_exception(refusal)
-        return True
 
     def _refusal(self, reason: str, why: str, retry_after_s: float) -> Overloaded:
         self.refused[reason] += 1
         message = f"the deployment '{self.name}' is overloaded: {why}; retry later"
         return Overloaded(message, retry_after_s=retry_after_s, reason=reason)
+
+
+def every_refused(model: str, refusals: list[Overloaded], what: str) -> Overloaded:
+    """One answer for a request that every deployment it could go to refused: the soonest Retry-After."""
+    wait = min(r.retry_after_s for r in refusals)
+    return Overloaded(
+        f"every deployment for '{model}' is overloaded ({what})", retry_after_s=wait, reason=refusals[0].reason
+    )

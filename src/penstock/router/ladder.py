@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from penstock.config import RouterConfig
 from penstock.errors import DeadlineExceeded, NoDeploymentAvailable, Overloaded, PenstockError, UpstreamFailed
-from penstock.router.deployment_queue import Slot
+from penstock.router.deployment_queue import Slot, every_refused
 from penstock.router.deployments import Deployment
 from penstock.router.remote import RemoteDeployment
 from penstock.router.retry_budget import RetryBudget
@@ -193,8 +193,7 @@ def _exhausted(model: str, tally: _Tally, last: str | None = None) -> PenstockEr
     if len(failures) == 1 and tally.refusals:  # one deployment, one queue: its own words
         return tally.refusals[0]
     if tally.refusals:  # some rung will take it once its queue has room: a 429 to retry after that
-        wait, reason = min(r.retry_after_s for r in tally.refusals), tally.refusals[0].reason
-        return Overloaded(f"every deployment for '{model}' is overloaded ({what})", retry_after_s=wait, reason=reason)
+        return every_refused(model, tally.refusals, what)
     return NoDeploymentAvailable(f"no deployment for '{model}' could answer now ({what})")
 
 

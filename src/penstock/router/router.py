@@ -46,6 +46,14 @@ class Router:
             )
         return request.model
 
+    def candidates(self, request: ChatRequest) -> tuple[str, ...]:
+        """Every deployment that could serve the request, whatever its prompt (raises ModelNotFound)."""
+        route = self._routes.get(request.model)
+        if route is None:
+            return (self.counting_deployment(request),)
+        allowed = request.caller.scopes.models
+        return tuple(d for d in sorted(route.config.deployments) if allowed is None or d in allowed)
+
     def route(self, request: ChatRequest, prompt_tokens: int = 0) -> RouteDecision:
         """The deployment and its fallbacks; `prompt_tokens` as the counting deployment counted them."""
         route = self._routes.get(request.model)
