@@ -10,7 +10,7 @@ import pytest
 from penstock.config import QueueConfig
 from penstock.errors import Overloaded
 from penstock.router.deployment_queue import FIRST_SLOTS, MIN_SAMPLES, DeploymentQueue, Rates, Slot, SlotLimit
-from penstock.types import Caller, ChatRequest, RequestPriority, SamplingParams, TokenEvent
+from penstock.types import Caller, ChatRequest, RequestPriority, SamplingParams, TokenEvent, Usage
 
 
 def request(priority: RequestPriority = "interactive", deadline: float | None = None) -> ChatRequest:
@@ -269,3 +269,12 @@ async def test_check_answers_as_enter_would_without_taking_a_place() -> None:
     assert line.waiting() == 1 and not batch.done()  # and nothing was shed by asking
     held.release()
     (await batch).release()
+
+
+def test_a_remote_answer_is_counted_by_its_text_then_by_its_usage() -> None:
+    slot = Slot(None, 10, SamplingParams())
+    for text in ("Hel", "lo", ""):
+        slot.observe(TokenEvent(text, ()))
+    assert slot.tokens == 2
+    slot.observe(TokenEvent("", (), "stop", usage=Usage(10, 3)))
+    assert slot.tokens == 3  # the upstream's own count stands

@@ -33,6 +33,7 @@ from penstock.config import DEFAULT_MODEL_NAME
 CAPACITY_SHARE = 0.95  # goodput at capacity, as a share of the offered rate
 REFINE_STEPS = 3  # halvings of the gap between the last rate that held and the first that did not
 WARMUP_REQUESTS = 8
+UNBOUNDED = 100_000
 
 Report = Callable[[str], None]
 
@@ -201,7 +202,9 @@ def _unqueued() -> dict[str, Any]:
 
 
 def _remote(workers: list[WorkerProcess], queue: dict[str, Any]) -> dict[str, Any]:
-    upstream = {"urls": [w.url for w in workers], "model": DEFAULT_MODEL_NAME}
+    upstream: dict[str, Any] = {"urls": [w.url for w in workers], "model": DEFAULT_MODEL_NAME}
+    if not queue["enabled"]:  # no bound at all: a replica's max_concurrency would be admission control too
+        upstream["max_concurrency"] = UNBOUNDED
     return {"name": DEFAULT_MODEL_NAME, "backend": "openai", "upstream": upstream, "queue": queue}
 
 

@@ -11,8 +11,9 @@ more share the engine). The slots are played out: each running request frees its
 has still to write are written, each queued request ahead takes the first slot to free, and the newcomer
 starts at the next. Until MIN_SAMPLES requests have been measured nothing is estimated, and only
 the queue's bounds refuse. The estimate is then calibrated by what came true: the waits recent requests had
-over the waits estimated for them (one that timed out counts as having waited max_wait_s), at their 95th
-percentile: a request let in is one that 19 in 20 like it started in time, so few wait to be refused.
+over the waits estimated for them (one that timed out counts as having waited max_wait_s), at the worst of
+the last CALIBRATION_SAMPLES: a request is let in only if even that error would start it in time, so
+almost none wait to be refused (a refusal after waiting is the slow kind).
 
 Batch is shed first: it waits behind every interactive request, whenever that arrived, and a full queue
 makes room for an interactive arrival by refusing its newest batch request.
@@ -43,7 +44,6 @@ HEADROOM = 0.8  # an answer this far under the target opens another slot
 CUT = 0.8  # the open slots kept when over it
 CALIBRATION_BOUNDS = (0.5, 4.0)
 CALIBRATION_SAMPLES = 64  # the recent waits it reads
-CALIBRATION_QUANTILE = 0.95
 OVERDUE_SHARE = 0.1  # a request running past what was expected of it is taken to have this share of it left
 
 
@@ -130,7 +130,11 @@ class Slot:
     def observe(self, event: TokenEvent) -> None:
         if self.first is None:
             self.first = time.monotonic()
-        self.tokens += len(event.token_ids)
+        # A remote engine's events carry text, not ids (one token each, as OpenAI streams), and its own count
+        # of the whole answer on the last.
+        self.tokens += len(event.token_ids) or (1 if event.text else 0)
+        if event.usage is not None:
+            self.tokens = event.usage.completion_tokens
 
     def release(self) -> None:
         queue, self.queue = self.queue, None
@@ -155,7 +159,7 @@ class DeploymentQueue:
         target = config.target_tpot_ms / 1000 if config.target_tpot_ms is not None else None
         self.limit = SlotLimit(concurrency, target)
         self.rates = Rates()
-        self.calibration = 1.0  # waits had ÷ waits estimated, the recent ones' 95th percentile
+        self.calibration = 1.0  # waits had ÷ waits estimated, the worst of the recent ones
         self._ratios: deque[float] = deque(maxlen=CALIBRATION_SAMPLES)
         self.refused: Counter[str] = Counter()  # by reason: full, wait, shed, timeout
         self._running: set[Slot] = set()
@@ -271,10 +275,8 @@ class DeploymentQueue:
             return
         self._ratios.append(waited / waiter.estimated)
         if len(self._ratios) >= MIN_SAMPLES:
-            ordered = sorted(self._ratios)
-            ratio = ordered[min(len(ordered) - 1, int(CALIBRATION_QUANTILE * len(ordered)))]
             low, high = CALIBRATION_BOUNDS
-            self.calibration = min(high, max(low, ratio))
+            self.calibration = min(high, max(low, max(self._ratios)))
 
     def _grant(self, prompt_tokens: int, sampling: SamplingParams) -> Slot:
         slot = Slot(self, prompt_tokens, sampling)
