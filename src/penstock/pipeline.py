@@ -105,8 +105,11 @@ class Pipeline:
         The ladder asks each queue again once the request is prepared."""
         refusals: dict[str, Overloaded] = {}
         for name in self._router.candidates(request):
+            deployment = self._deployments.get(name)
+            if deployment is None:  # (a route changing under the request: the ladder will say)
+                return
             try:
-                self._deployments[name].queue.check(request)
+                deployment.queue.check(request)
             except Overloaded as refusal:
                 refusals[name] = refusal
             else:
